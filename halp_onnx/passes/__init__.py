@@ -1,0 +1,1 @@
+"""Compiler passes, one per module: load -> channel-groups -> select -> rewrite -> verify."""

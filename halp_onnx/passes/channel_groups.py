@@ -1,0 +1,344 @@
+"""Pass ``channel-groups``: partition every channel axis of a graph into channel groups.
+
+Each node's semantics come from the op table (:mod:`halp_onnx.ops`). Rules propagate per-position
+atom ids (:class:`~halp_onnx.labels.Labels`) from producers through the graph and merge atoms that
+must be removed together. Afterwards each union-find class is one *channel*, and channels whose
+atoms come from coupled producers form one *channel group*.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import onnx
+
+from ..errors import HalpError
+from ..labels import Labels, UnionFind
+from ..metrics import node_macs
+from .load import LoadedModel, constant_values, tensor_shapes
+
+STAGE = "channel-groups"
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """A set of channels kept or removed together; channel ``i`` of the group is an index in ``range(size)``."""
+
+    id: int
+    size: int
+    prunable: bool
+    reasons: tuple[str, ...]
+    producers: tuple[str, ...]  # nodes whose output channels shrink
+    consumers: tuple[str, ...]  # nodes whose input channels shrink (reductions over the channels)
+    nodes: tuple[str, ...]  # every node whose attributes, constants or shapes change
+    tensors: tuple[str, ...]  # activations carrying the group's channels
+    initializers: tuple[str, ...]  # initializers sliced along the group's channels
+    params: int  # parameters that scale with the group's width
+    macs: int  # multiply-accumulates of the producers and consumers
+    removable: bool  # may be pruned to zero channels (its branch folds away)
+    remove_reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A node input that reduces over channels: the reference model masks it to remove channels."""
+
+    node: str
+    input_index: int
+    tensor: str
+
+
+@dataclass(frozen=True)
+class ChannelAnalysis:
+    """The frozen result of the pass; consumed by selection, rewrite, verification and the latency tables.
+
+    ``labels[t].ids`` hold *global channel numbers*: channel ``c`` belongs to group
+    ``channel_group[c]`` at index ``channel_index[c]``; ``-1`` marks a position no group owns.
+    """
+
+    groups: tuple[ChannelGroup, ...]
+    labels: dict[str, Labels]
+    init_slices: dict[str, tuple[Labels, ...]]
+    consumers: tuple[Consumer, ...]
+    channel_group: np.ndarray
+    channel_index: np.ndarray
+    total_params: int
+    total_macs: int
+    node_macs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def prunable(self) -> tuple[ChannelGroup, ...]:
+        return tuple(g for g in self.groups if g.prunable)
+
+    def group(self, gid: int) -> ChannelGroup:
+        return self.groups[gid]
+
+    def channels_of(self, tensor: str) -> np.ndarray | None:
+        """Per-position (group, index) pairs of a tracked tensor's span, shape (n, 2); None if untracked."""
+        lab = self.labels.get(tensor)
+        if lab is None:
+            return None
+        flat = lab.flat
+        out = np.full((len(flat), 2), -1, dtype=np.int64)
+        ok = flat >= 0
+        out[ok, 0] = self.channel_group[flat[ok]]
+        out[ok, 1] = self.channel_index[flat[ok]]
+        return out
+
+    def to_dict(self, *, with_labels: bool = False) -> dict:
+        data = {
+            "total_params": self.total_params,
+            "total_macs": self.total_macs,
+            "groups": [g.to_dict() for g in self.groups],
+        }
+        if with_labels:
+            data["labels"] = {k: {"axes": list(v.axes), "channels": v.ids.tolist()} for k, v in self.labels.items()}
+            data["channel_group"] = self.channel_group.tolist()
+            data["channel_index"] = self.channel_index.tolist()
+        return data
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(**kw), indent=1)
+
+
+class AnalysisContext:
+    """What an op rule sees while the pass walks the graph."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.opset = loaded.opset
+        self.shapes = tensor_shapes(self.model)
+        self.consts = constant_values(self.model)
+        self.uf = UnionFind()
+        self.sources: list[tuple[str, str, bool]] = []  # (node, tensor, is padding) that created each source
+        self.source_uf = nx.utils.UnionFind()
+        self._labels: dict[str, Labels] = {}
+        self.freezes: list[tuple[np.ndarray, str]] = []
+        self.follows: dict[str, list[tuple[Labels, str]]] = {}
+        self.consumer_specs: list[tuple[str, int, str]] = []
+        self.touched: dict[str, set[str]] = {}  # node -> tensors whose channels change in it
+        self.producer_of: dict[str, str] = {o: n.name for n in self.model.graph.node for o in n.output if o}
+        self.readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        for node in self.model.graph.node:
+            for idx, name in enumerate(node.input):
+                if name:
+                    self.readers.setdefault(name, []).append((node, idx))
+
+    # -- tensors -------------------------------------------------------------------------------
+    def labels(self, name: str) -> Labels | None:
+        return self._labels.get(name) if name else None
+
+    def set(self, name: str, labels: Labels | None) -> None:
+        if name and labels is not None and labels.ids.size:
+            self._labels[name] = labels
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name) if name else None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        shape = self.shapes.get(name)
+        if shape is None:
+            node = self.producer_of.get(name, "?")
+            raise HalpError(f"the shape of tensor '{name}' (output of node '{node}') is unknown; "
+                            "give static input shapes with --input-shape", stage=STAGE)
+        return shape
+
+    # -- atoms ---------------------------------------------------------------------------------
+    def new_source(self, node: onnx.NodeProto, tensor: str, shape: tuple[int, ...], *, constant: bool = False) -> np.ndarray:
+        self.sources.append((node.name, tensor, constant))
+        sid = len(self.sources) - 1
+        self.source_uf[sid]  # noqa: B018 - registers the source
+        return self.uf.new(int(np.prod(shape)), sid, constant).reshape(shape)
+
+    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        a = np.asarray(a).reshape(-1)
+        b = np.asarray(b).reshape(-1)
+        self.uf.union(a, b)
+        if len(a):
+            for sa, sb in set(zip(self.uf.source[a].tolist(), self.uf.source[b].tolist())):
+                self.source_uf.union(sa, sb)
+
+    def freeze(self, ids, reason: str) -> None:
+        if isinstance(ids, Labels):
+            ids = ids.ids
+        ids = np.asarray(ids).reshape(-1)
+        if ids.size:
+            self.freezes.append((ids, reason))
+
+    def follow(self, const_name: str, labels: Labels, node: onnx.NodeProto) -> None:
+        """Constant ``const_name`` is sliced along ``labels.axes`` with the channels of ``labels.ids``."""
+        for prev, _ in self.follows.get(const_name, []):
+            if prev.axes == labels.axes:
+                self.unify(prev.ids, labels.ids)  # a shared weight couples its readers' channels
+                return
+        self.follows.setdefault(const_name, []).append((labels, node.name))
+        self.touch(node, const_name)
+
+    def consumer(self, node: onnx.NodeProto, input_index: int) -> None:
+        self.consumer_specs.append((node.name, input_index, node.input[input_index]))
+        self.touch(node, node.input[input_index])
+
+    def touch(self, node: onnx.NodeProto, tensor: str) -> None:
+        self.touched.setdefault(node.name, set()).add(tensor)
+
+    def attr(self, node: onnx.NodeProto, key: str, default=None):
+        for a in node.attribute:
+            if a.name == key:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+
+def analyze(loaded: LoadedModel) -> ChannelAnalysis:
+    """Run the channel-group pass over a loaded model."""
+    from ..ops import rule_for  # the op table
+
+    ctx = AnalysisContext(loaded)
+    graph = loaded.model.graph
+    for node in graph.node:
+        rule = rule_for(node, ctx.opset)
+        if rule is None:
+            reason = (f"node '{node.name}' has op {node.domain + '::' if node.domain else ''}{node.op_type}, "
+                      "which halp-onnx does not know")
+            for name in node.input:
+                ctx.freeze(ctx.labels(name) or np.zeros(0, np.int64), reason)
+            continue
+        rule.analyze(node, ctx)
+        _freeze_subgraph_reads(node, ctx)
+    for out in graph.output:
+        lab = ctx.labels(out.name)
+        if lab is not None:
+            ctx.freeze(lab, f"tensor '{out.name}' is a graph output")
+    _freeze_shared_constants(ctx)
+    return _finalize(ctx)
+
+
+def _freeze_subgraph_reads(node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for sub in graphs:
+            for inner in sub.node:
+                for name in inner.input:
+                    lab = ctx.labels(name)
+                    if lab is not None:
+                        ctx.freeze(lab, f"tensor '{name}' is read inside the subgraph of node '{node.name}' ({node.op_type})")
+
+
+def _freeze_shared_constants(ctx: AnalysisContext) -> None:
+    """A sliced constant also read by a node that does not follow its channels cannot shrink."""
+    for name, follows in ctx.follows.items():
+        followers = {n for _, n in follows}
+        for reader, _ in ctx.readers.get(name, []):
+            if reader.name not in followers:
+                for lab, _ in follows:
+                    ctx.freeze(lab, f"constant '{name}' is shared with node '{reader.name}' ({reader.op_type}), "
+                               "which does not follow its channels")
+
+
+def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
+    uf = ctx.uf
+    n_atoms = len(uf)
+    roots = uf.roots() if n_atoms else np.zeros(0, np.int64)
+    # channels: one per class that has at least one computed (non-constant) atom, or a pure pad class
+    class_ids, atom_channel = np.unique(roots, return_inverse=True)
+    n_channels = len(class_ids)
+    source_group_root = {sid: ctx.source_uf[sid] for sid in range(len(ctx.sources))}
+    # group of a channel = the source set of its root atom
+    chan_source = uf.source[class_ids] if n_channels else np.zeros(0, np.int64)
+    root_sources = sorted({source_group_root[int(s)] for s in chan_source.tolist()},
+                          key=lambda s: int(s))
+    group_of_root = {s: i for i, s in enumerate(root_sources)}
+    channel_group = np.array([group_of_root[source_group_root[int(s)]] for s in chan_source.tolist()], dtype=np.int64)
+    channel_index = np.zeros(n_channels, dtype=np.int64)
+    sizes = np.bincount(channel_group, minlength=len(root_sources)) if n_channels else np.zeros(0, np.int64)
+    counters = np.zeros(len(root_sources), dtype=np.int64)
+    for c, g in enumerate(channel_group.tolist()):  # class ids are sorted by first atom: canonical order
+        channel_index[c] = counters[g]
+        counters[g] += 1
+
+    def to_channels(ids: np.ndarray) -> np.ndarray:
+        return atom_channel[ids] if ids.size else ids
+
+    labels = {name: Labels(lab.axes, to_channels(lab.ids)) for name, lab in ctx._labels.items()}
+    init_slices = {name: tuple(Labels(l.axes, to_channels(l.ids)) for l, _ in follows)
+                   for name, follows in ctx.follows.items()}
+
+    reasons: list[list[str]] = [[] for _ in root_sources]
+    for ids, reason in ctx.freezes:
+        for g in np.unique(channel_group[to_channels(ids)]).tolist():
+            if reason not in reasons[g] and len(reasons[g]) < 8:
+                reasons[g].append(reason)
+    # a group made only of padding atoms carries no computed channel
+    constant_only = np.ones(len(root_sources), dtype=bool)
+    if n_atoms:
+        computed = ~uf.constant
+        constant_only[np.unique(channel_group[atom_channel[computed]])] = False
+    for g in np.nonzero(constant_only)[0].tolist():
+        reasons[g].append("only constant padding channels")
+
+    shapes = ctx.shapes
+    macs = {node.name: node_macs(node, shapes, ctx.consts) for node in ctx.model.graph.node}
+    groups_of_node: dict[str, set[int]] = {}
+    group_tensors: list[set[str]] = [set() for _ in root_sources]
+    for name, lab in labels.items():
+        for g in _groups_in(lab, channel_group):
+            group_tensors[g].add(name)
+    for node in ctx.model.graph.node:
+        for t in list(node.input) + list(node.output):
+            lab = labels.get(t)
+            if lab is not None:
+                for g in _groups_in(lab, channel_group):
+                    groups_of_node.setdefault(node.name, set()).add(g)
+        for t in ctx.touched.get(node.name, ()):
+            for g in _groups_in(labels.get(t) or (init_slices.get(t) or (None,))[0], channel_group):
+                groups_of_node.setdefault(node.name, set()).add(g)
+    producers: list[list[str]] = [[] for _ in root_sources]
+    for sid, (node_name, _, padding) in enumerate(ctx.sources):
+        g = group_of_root[source_group_root[sid]]
+        if not padding and node_name not in producers[g]:
+            producers[g].append(node_name)
+    consumers: list[list[str]] = [[] for _ in root_sources]
+    for node_name, _, tensor in ctx.consumer_specs:
+        for g in _groups_in(labels.get(tensor), channel_group):
+            if node_name not in consumers[g]:
+                consumers[g].append(node_name)
+    params = np.zeros(len(root_sources), dtype=np.int64)
+    for name, slices in init_slices.items():
+        size = int(np.prod(ctx.consts[name].shape)) if name in ctx.consts else 0
+        for g in {g for lab in slices for g in _groups_in(lab, channel_group)}:
+            params[g] += size
+    total_params = int(sum(int(np.prod(v.shape)) for k, v in ctx.consts.items()
+                           if v.dtype.kind == "f"))
+    group_macs = np.zeros(len(root_sources), dtype=np.int64)
+    for node_name, gs_ in groups_of_node.items():
+        for g in gs_:
+            if node_name in producers[g] or node_name in consumers[g]:
+                group_macs[g] += macs.get(node_name, 0)
+    groups = []
+    for g in range(len(root_sources)):
+        node_list = tuple(n.name for n in ctx.model.graph.node if g in groups_of_node.get(n.name, ()))
+        groups.append(ChannelGroup(
+            id=g, size=int(sizes[g]), prunable=not reasons[g], reasons=tuple(reasons[g]),
+            producers=tuple(producers[g]), consumers=tuple(consumers[g]), nodes=node_list,
+            tensors=tuple(sorted(group_tensors[g])),
+            initializers=tuple(sorted(n for n, sl in init_slices.items()
+                                      if any(g in _groups_in(l, channel_group) for l in sl))),
+            params=int(params[g]), macs=int(group_macs[g]), removable=False,
+            remove_reason="zero-width groups are not supported by the rewrite yet"))
+    consumers_out = tuple(Consumer(n, i, t) for n, i, t in ctx.consumer_specs)
+    return ChannelAnalysis(groups=tuple(groups), labels=labels, init_slices=init_slices,
+                           consumers=consumers_out, channel_group=channel_group, channel_index=channel_index,
+                           total_params=total_params, total_macs=int(sum(macs.values())), node_macs=macs)
+
+
+def _groups_in(lab: Labels | None, channel_group: np.ndarray) -> list[int]:
+    if lab is None:
+        return []
+    flat = lab.flat
+    flat = flat[flat >= 0]
+    return np.unique(channel_group[flat]).tolist() if flat.size else []

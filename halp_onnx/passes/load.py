@@ -1,0 +1,285 @@
+"""Pass ``load``: read an ONNX file, check it, make its shapes static and fold constants.
+
+The result is a :class:`LoadedModel` holding a normalised copy; the user's file and object are
+never modified.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from ..errors import HalpError
+
+STAGE = "load"
+MIN_OPSET, MAX_OPSET = 9, 21
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checked, shape-inferred, constant-folded copy of a model, ready for analysis."""
+
+    model: onnx.ModelProto
+    source: str
+    opset: int
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # the user's graph inputs as they were (shape with symbolic dims); used to report changes
+    original_inputs: dict[str, tuple] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "opset": self.opset,
+                "input_shapes": {k: list(v) for k, v in self.input_shapes.items()}}
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME:1x3x224x224`` options."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise HalpError(f"--input-shape {spec!r}: expected NAME:DxDxD with positive integers, "
+                            "e.g. input:1x3x224x224", stage=STAGE) from None
+        shapes[name] = shape
+    return shapes
+
+
+def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.exists():
+        raise HalpError(f"{path}: no such file", stage=STAGE)
+    if path.is_dir():
+        raise HalpError(f"{path}: is a directory, expected an .onnx file", stage=STAGE)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as err:
+        raise HalpError(f"{path}: not a readable ONNX model ({_first_line(err) or 'protobuf decode failed'})",
+                        stage=STAGE) from None
+    if not model.graph.node and not model.graph.output:
+        raise HalpError(f"{path}: not an ONNX model (no graph; truncated or another file type?)", stage=STAGE)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, FileNotFoundError) as err:
+        raise HalpError(f"{path}: external data could not be read ({_first_line(err)})", stage=STAGE) from None
+    return model
+
+
+def load(source: str | os.PathLike | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+         *, fold: bool = True) -> LoadedModel:
+    """Load and normalise a model: check, static shapes, shape inference, constant folding."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        name = model.graph.name or "<model>"
+    else:
+        name = str(source)
+        model = read_model(source)
+    opset = _default_opset(model, name)
+    _name_nodes(model)
+    _check_structure(model, name)
+    original_inputs = {i.name: _dims(i) for i in _real_inputs(model)}
+    shapes = _make_static(model, name, input_shapes or {})
+    model = _infer(model, name)
+    if fold:
+        model = _fold_constants(model, name)
+    return LoadedModel(model=model, source=name, opset=opset, input_shapes=shapes, original_inputs=original_inputs)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _default_opset(model: onnx.ModelProto, name: str) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            if not MIN_OPSET <= imp.version <= MAX_OPSET:
+                raise HalpError(f"{name}: opset {imp.version} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})",
+                                stage=STAGE)
+            return imp.version
+    raise HalpError(f"{name}: the model imports no default-domain opset", stage=STAGE)
+
+
+def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _dims(vi: onnx.ValueInfoProto) -> tuple:
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return ()
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in vi.type.tensor_type.shape.dim)
+
+
+def _check_structure(model: onnx.ModelProto, name: str) -> None:
+    """Every input defined, outputs produced, no cycle; nodes put in topological order."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    available |= {i.name for i in graph.sparse_initializer}
+    producer = {out: node.name for node in graph.node for out in node.output if out}
+    dag = nx.DiGraph()
+    position = {node.name: idx for idx, node in enumerate(graph.node)}
+    for node in graph.node:
+        dag.add_node(node.name)
+        for inp in node.input:
+            if inp in producer:
+                dag.add_edge(producer[inp], node.name)
+            elif inp and inp not in available:
+                raise HalpError(f"{name}: node '{node.name}' ({node.op_type}) reads '{inp}', which is no graph input, "
+                                "initializer or node output (missing initializer?)", stage=STAGE)
+    for out in graph.output:
+        if out.name not in producer and out.name not in available:
+            raise HalpError(f"{name}: graph output '{out.name}' is produced by no node", stage=STAGE)
+    try:
+        cycle = nx.find_cycle(dag)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        path = " -> ".join([e[0] for e in cycle] + [cycle[-1][1]])
+        raise HalpError(f"{name}: the graph has a cycle: {path}", stage=STAGE)
+    order = list(nx.lexicographical_topological_sort(dag, key=position.__getitem__))
+    if order != [n.name for n in graph.node]:
+        by_name = {n.name: n for n in graph.node}
+        nodes = [onnx.NodeProto() for _ in order]
+        for copy, key in zip(nodes, order):
+            copy.CopyFrom(by_name[key])
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _make_static(model: onnx.ModelProto, name: str, overrides: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    inputs = {i.name: i for i in _real_inputs(model)}
+    for key in overrides:
+        if key not in inputs:
+            raise HalpError(f"--input-shape {key}: the model has no input '{key}' "
+                            f"(inputs: {', '.join(inputs) or 'none'})", stage=STAGE)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, vi in inputs.items():
+        dims = _dims(vi)
+        if key in overrides:
+            want = overrides[key]
+            if dims and len(dims) != len(want):
+                raise HalpError(f"--input-shape {key}: rank {len(want)} given, the model's input has rank {len(dims)}",
+                                stage=STAGE)
+            for have, new in zip(dims, want):
+                if isinstance(have, int) and have > 0 and have != new:
+                    raise HalpError(f"--input-shape {key}: {'x'.join(map(str, want))} contradicts the model's static "
+                                    f"shape {'x'.join(map(str, dims))}", stage=STAGE)
+            dims = want
+        elif not dims or any(not isinstance(d, int) or d <= 0 for d in dims):
+            shown = "x".join(str(d) for d in dims) if dims else "unknown"
+            raise HalpError(f"{name}: input '{key}' has dynamic shape {shown}; pass --input-shape "
+                            f"{key}:{'x'.join(str(d) if isinstance(d, int) and d > 0 else '1' for d in dims) or '1x3x224x224'}",
+                            stage=STAGE)
+        shape = vi.type.tensor_type.shape
+        del shape.dim[:]
+        for d in dims:
+            shape.dim.add().dim_value = int(d)
+        shapes[key] = tuple(int(d) for d in dims)
+    # symbolic dims on outputs and value_info are re-derived by inference
+    for vi in list(model.graph.output) + list(model.graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                if not d.HasField("dim_value"):
+                    d.Clear()
+    del model.graph.value_info[:]
+    return shapes
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give unnamed (or duplicate-named) nodes a stable unique name; unique names are kept."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.name] = counts.get(node.name, 0) + 1
+    used = {name for name, n in counts.items() if name and n == 1}
+    for idx, node in enumerate(model.graph.node):
+        if node.name and counts[node.name] == 1:
+            continue
+        base = node.name or f"{node.op_type}_{idx}"
+        cand, k = base, 0
+        while cand in used:
+            k += 1
+            cand = f"{base}_{k}"
+        node.name = cand
+        used.add(cand)
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> None:
+    """Turn remaining Constant nodes into initializers of the same name (one representation of constants)."""
+    values = constant_values(model)
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] in values:
+            model.graph.initializer.append(onnx.numpy_helper.from_array(values[node.output[0]], node.output[0]))
+        else:
+            keep.append(node)
+    if len(keep) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+
+
+def _infer(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=True, data_prop=True)
+    except Exception as err:  # onnx raises InferenceError / ValidationError subclasses
+        raise HalpError(f"{name}: shape inference failed: {_first_line(err)}", stage=STAGE) from None
+
+
+def _fold_constants(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    try:
+        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup(remove_unused_graph_inputs=False)
+    except Exception as err:  # pragma: no cover - graphsurgeon internals
+        raise HalpError(f"{name}: constant folding failed: {_first_line(err)}", stage=STAGE) from None
+    folded = gs.export_onnx(graph, do_type_check=False)
+    folded.ir_version = model.ir_version
+    del folded.graph.value_info[:]
+    _constants_to_initializers(folded)
+    return _infer(folded, name)
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
+    """Static shapes of every value in a shape-inferred model (None where unknown or symbolic)."""
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not t.HasField("shape"):
+            shapes.setdefault(vi.name, None)
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        shapes[vi.name] = None if any(d is None for d in dims) else tuple(dims)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node outputs as numpy arrays."""
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = {a.name: a for a in node.attribute}
+            if "value" in attr:
+                values[node.output[0]] = onnx.numpy_helper.to_array(attr["value"].t)
+            elif "value_float" in attr:
+                values[node.output[0]] = np.array(attr["value_float"].f, dtype=np.float32)
+            elif "value_floats" in attr:
+                values[node.output[0]] = np.array(list(attr["value_floats"].floats), dtype=np.float32)
+            elif "value_int" in attr:
+                values[node.output[0]] = np.array(attr["value_int"].i, dtype=np.int64)
+            elif "value_ints" in attr:
+                values[node.output[0]] = np.array(list(attr["value_ints"].ints), dtype=np.int64)
+    return values

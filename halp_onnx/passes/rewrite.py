@@ -1,0 +1,234 @@
+"""Pass ``rewrite``: build the physically smaller model for a choice of kept channels.
+
+Initializers are sliced along the channel spans recorded by the analysis; op rules update the
+attributes and constant inputs that name channel counts (``group``, pads, reshape targets, split
+sizes, slice bounds, gather indices). Node and initializer names are kept.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from ..errors import HalpError
+from ..labels import Labels
+from ..metrics import model_params, node_macs
+from .channel_groups import ChannelAnalysis
+from .load import LoadedModel, constant_values, tensor_shapes
+
+STAGE = "rewrite"
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    model: onnx.ModelProto
+    kept: np.ndarray  # bool per global channel
+    widths: dict[int, tuple[int, int]]  # group id -> (before, after)
+    params: tuple[int, int]  # before, after
+    macs: tuple[int, int]
+    node_macs: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"widths": {str(k): list(v) for k, v in self.widths.items()},
+                "params": list(self.params), "macs": list(self.macs)}
+
+
+def kept_channels(analysis: ChannelAnalysis, keep: Mapping[int, Sequence[int]]) -> np.ndarray:
+    """Validate a keep choice (group id -> kept channel indices) and expand it to a per-channel mask."""
+    kept = np.ones(len(analysis.channel_group), dtype=bool)
+    for gid, indices in keep.items():
+        if not 0 <= int(gid) < len(analysis.groups):
+            raise HalpError(f"there is no channel group {gid} (the model has {len(analysis.groups)})", stage=STAGE)
+        group = analysis.groups[int(gid)]
+        idx = np.asarray(list(indices), dtype=np.int64)
+        if len(idx) == group.size:
+            continue
+        if not group.prunable:
+            raise HalpError(f"channel group {gid} cannot be pruned: {'; '.join(group.reasons)}", stage=STAGE)
+        if len(idx) == 0 and not group.removable:
+            raise HalpError(f"channel group {gid} cannot lose all its channels: {group.remove_reason}", stage=STAGE)
+        if len(np.unique(idx)) != len(idx) or (len(idx) and (idx.min() < 0 or idx.max() >= group.size)):
+            raise HalpError(f"channel group {gid}: kept indices must be distinct and in 0..{group.size - 1}",
+                            stage=STAGE)
+        members = analysis.channel_group == int(gid)
+        kept[members] = np.isin(analysis.channel_index[members], idx)
+    return kept
+
+
+class RewriteContext:
+    """What an op rule's ``rewrite`` sees: masks of kept positions and setters for the node."""
+
+    def __init__(self, loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.ndarray):
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(loaded.model)
+        self.opset = loaded.opset
+        self.analysis = analysis
+        self.kept = kept
+        self.consts = constant_values(self.model)
+        self.shapes = tensor_shapes(self.model)
+        self._inits = {i.name: i for i in self.model.graph.initializer}
+        self._readers: dict[str, int] = {}
+        for node in self.model.graph.node:
+            for name in node.input:
+                self._readers[name] = self._readers.get(name, 0) + 1
+
+    def labels(self, name: str) -> Labels | None:
+        return self.analysis.labels.get(name)
+
+    def mask_of(self, lab: Labels) -> np.ndarray:
+        ids = lab.ids
+        return np.where(ids >= 0, self.kept[np.maximum(ids, 0)], True)
+
+    def mask(self, name: str) -> np.ndarray | None:
+        lab = self.labels(name)
+        return None if lab is None else self.mask_of(lab)
+
+    def new_dims(self, name: str) -> dict[int, int]:
+        """New sizes of the axes carrying channels, for those that shrink."""
+        lab = self.labels(name)
+        if lab is None:
+            return {}
+        return {ax: n for ax, n, old in _axis_sizes(lab, self.mask_of(lab), name) if n != old}
+
+    def const(self, name: str):
+        return self.consts.get(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.shapes[name]
+
+    def attr(self, node: onnx.NodeProto, key: str, default=None):
+        for a in node.attribute:
+            if a.name == key:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def set_attr(self, node: onnx.NodeProto, key: str, value) -> None:
+        self.del_attr(node, key)
+        node.attribute.append(onnx.helper.make_attribute(key, value))
+
+    def del_attr(self, node: onnx.NodeProto, key: str) -> None:
+        for i, a in enumerate(node.attribute):
+            if a.name == key:
+                del node.attribute[i]
+                return
+
+    def set_input(self, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
+        """Give a node a new constant input value (a private copy when the constant is shared)."""
+        name = node.input[index] if index < len(node.input) else ""
+        if name and name in self._inits and self._readers.get(name, 0) == 1:
+            self._inits[name].CopyFrom(onnx.numpy_helper.from_array(value, name))
+        else:
+            name = self._fresh(f"{node.name}_input{index}")
+            self.model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+            self._inits[name] = self.model.graph.initializer[-1]
+            self._readers[name] = 1
+            while len(node.input) <= index:
+                node.input.append("")
+            node.input[index] = name
+        self.consts[name] = value
+
+    def _fresh(self, base: str) -> str:
+        name, k = base, 0
+        taken = set(self._inits) | set(self.shapes)
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+
+def _axis_sizes(lab: Labels, mask: np.ndarray, name: str):
+    """(axis, new size, old size) per channel axis; the kept positions must form a box."""
+    sizes = []
+    for k, ax in enumerate(lab.axes):
+        other = tuple(i for i in range(mask.ndim) if i != k)
+        sizes.append((ax, int(mask.any(axis=other).sum()) if other else int(mask.sum()), mask.shape[k]))
+    if int(np.prod([s for _, s, _ in sizes])) != int(mask.sum()):
+        raise HalpError(f"the kept channels of tensor '{name}' do not form a rectangle", stage=STAGE)
+    return sizes
+
+
+def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, Sequence[int]] | np.ndarray,
+            *, check: bool = True) -> RewriteResult:
+    """Produce the smaller model. ``keep`` maps group ids to kept channel indices (or is a channel mask)."""
+    from ..ops import rule_for
+
+    kept = keep if isinstance(keep, np.ndarray) else kept_channels(analysis, keep)
+    rw = RewriteContext(loaded, analysis, kept)
+    graph = rw.model.graph
+    for name, slices in analysis.init_slices.items():
+        init = rw._inits.get(name)
+        if init is None:
+            continue
+        value = rw.consts[name]
+        for lab in slices:
+            mask = rw.mask_of(lab)
+            if mask.all():
+                continue
+            for k, ax in enumerate(lab.axes):
+                other = tuple(i for i in range(mask.ndim) if i != k)
+                axis_keep = mask.any(axis=other) if other else mask
+                value = np.compress(axis_keep, value, axis=ax)
+        if value.shape != rw.consts[name].shape:
+            init.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
+            rw.consts[name] = value
+    for node in graph.node:
+        rule = rule_for(node, rw.opset)
+        if rule is not None and rule.rewrite is not None:
+            rule.rewrite(node, rw)
+    del graph.value_info[:]
+    try:
+        model = onnx.shape_inference.infer_shapes(rw.model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as err:
+        raise HalpError(f"the rewritten model fails shape inference: {str(err).splitlines()[0][:300]}",
+                        stage=STAGE) from None
+    if check:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as err:
+            raise HalpError(f"the rewritten model fails onnx.checker: {str(err).splitlines()[0][:300]}",
+                            stage=STAGE) from None
+    widths = {}
+    for g in analysis.groups:
+        members = analysis.channel_group == g.id
+        widths[g.id] = (g.size, int(kept[members].sum()))
+    shapes, consts = tensor_shapes(model), constant_values(model)
+    macs = {n.name: node_macs(n, shapes, consts) for n in model.graph.node}
+    return RewriteResult(model=model, kept=kept, widths=widths,
+                         params=(model_params(loaded.model), model_params(model)),
+                         macs=(analysis.total_macs, int(sum(macs.values()))), node_macs=macs)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if model.ByteSize() > 1_800_000_000:
+            data_name = f"{path.name}.data"
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name + ".tmp")
+            os.replace(path.parent / (data_name + ".tmp"), path.parent / data_name)
+            _relocate_external(tmp, data_name)
+        else:
+            onnx.save_model(model, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _relocate_external(model_path: str, data_name: str) -> None:
+    model = onnx.load(model_path, load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = data_name
+    onnx.save_model(model, model_path)

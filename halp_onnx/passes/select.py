@@ -1,0 +1,59 @@
+"""Pass ``select``: simple channel-selection criteria (the knapsack lives elsewhere).
+
+``channel_scores`` gives one score per global channel; ``keep_by_ratio`` removes the same share of
+every prunable group, keeping its highest-scoring channels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import HalpError
+from .channel_groups import ChannelAnalysis
+from .load import LoadedModel, constant_values
+
+STAGE = "select"
+CRITERIA = ("l2", "random")
+
+
+def l2_scores(loaded: LoadedModel, analysis: ChannelAnalysis) -> np.ndarray:
+    """Per channel: squared L2 norm of every weight slice that belongs to it, summed over the group."""
+    consts = constant_values(loaded.model)
+    score = np.zeros(len(analysis.channel_group), dtype=np.float64)
+    for name, slices in analysis.init_slices.items():
+        value = consts.get(name)
+        if value is None or value.dtype.kind != "f":
+            continue
+        sq = np.square(value.astype(np.float64))
+        for lab in slices:
+            per_pos = sq.sum(axis=tuple(i for i in range(sq.ndim) if i not in lab.axes)) if sq.ndim else sq
+            ids = lab.ids.reshape(-1)
+            ok = ids >= 0
+            np.add.at(score, ids[ok], np.asarray(per_pos).reshape(-1)[ok])
+    return np.sqrt(score)
+
+
+def channel_scores(loaded: LoadedModel, analysis: ChannelAnalysis, criterion: str = "l2", seed: int = 0) -> np.ndarray:
+    if criterion == "l2":
+        return l2_scores(loaded, analysis)
+    if criterion == "random":
+        return np.random.default_rng(seed).random(len(analysis.channel_group))
+    raise HalpError(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}", stage=STAGE)
+
+
+def group_order(analysis: ChannelAnalysis, scores: np.ndarray, gid: int) -> np.ndarray:
+    """Channel indices of a group, most important first (stable for ties)."""
+    members = np.nonzero(analysis.channel_group == gid)[0]
+    members = members[np.argsort(analysis.channel_index[members])]
+    return analysis.channel_index[members[np.argsort(-scores[members], kind="stable")]]
+
+
+def keep_by_ratio(analysis: ChannelAnalysis, scores: np.ndarray, ratio: float) -> dict[int, np.ndarray]:
+    """Remove ``round(ratio * size)`` channels of every prunable group (at least one channel stays)."""
+    if not 0.0 <= ratio < 1.0:
+        raise HalpError(f"--ratio {ratio}: expected a share in [0, 1)", stage=STAGE)
+    keep = {}
+    for group in analysis.prunable:
+        n_keep = max(1, group.size - int(round(ratio * group.size)))
+        if n_keep < group.size:
+            keep[group.id] = np.sort(group_order(analysis, scores, group.id)[:n_keep])
+    return keep

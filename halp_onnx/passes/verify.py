@@ -1,0 +1,142 @@
+"""Pass ``verify``: prove the rewritten model computes the original minus the removed channels.
+
+Reference = the normalised original with every reading of a removed channel zeroed (a 0/1 mask
+multiplied into each input that reduces over channels: convolutions, Gemm, MatMul). Candidate = the
+rewritten model. Both run in onnxruntime on fresh random inputs; outputs must agree to ``rtol``
+relative to each output's largest magnitude.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import HalpError
+from .channel_groups import ChannelAnalysis
+from .load import LoadedModel, tensor_shapes
+
+STAGE = "verify"
+
+_NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+             onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
+             onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
+             onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    passed: bool
+    max_rel_error: float
+    per_output: dict[str, float]
+    trials: int
+    tolerance: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def masked_reference(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.ndarray) -> onnx.ModelProto:
+    """The original model with every consumer's reading of a removed channel zeroed."""
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.model)
+    types = _elem_types(model)
+    shapes = tensor_shapes(model)
+    nodes = {n.name: n for n in model.graph.node}
+    insert_before: dict[str, list[onnx.NodeProto]] = {}
+    for k, consumer in enumerate(analysis.consumers):
+        lab = analysis.labels.get(consumer.tensor)
+        if lab is None:
+            continue
+        mask = np.where(lab.ids >= 0, kept[np.maximum(lab.ids, 0)], True)
+        if mask.all():
+            continue
+        rank = len(shapes[consumer.tensor])
+        view = [1] * rank
+        for i, ax in enumerate(lab.axes):
+            view[ax] = mask.shape[i]
+        dtype = _NP_TYPES.get(types.get(consumer.tensor, onnx.TensorProto.FLOAT), np.float32)
+        mask_name = f"halp_mask_{k}"
+        masked_name = f"{consumer.tensor}__halp_masked_{k}"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(mask.reshape(view).astype(dtype), mask_name))
+        mul = onnx.helper.make_node("Mul", [consumer.tensor, mask_name], [masked_name], name=f"halp_mask_mul_{k}")
+        insert_before.setdefault(consumer.node, []).append(mul)
+        nodes[consumer.node].input[consumer.input_index] = masked_name
+    if insert_before:
+        ordered = []
+        for node in model.graph.node:
+            ordered.extend(insert_before.get(node.name, []))
+            ordered.append(node)
+        del model.graph.node[:]
+        model.graph.node.extend(ordered)
+    return model
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    types = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+def random_inputs(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        dtype = _NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[vi.name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def session(model: onnx.ModelProto):
+    """An onnxruntime CPU session for an in-memory model."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise HalpError(f"onnxruntime cannot load the model: {str(err).splitlines()[0][:300]}", stage=STAGE) from None
+
+
+def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, *, trials: int = 3, seed: int = 0,
+            rtol: float = 1e-4) -> VerifyResult:
+    """Run both models on the same random inputs and compare every output."""
+    ref, cand = session(reference), session(candidate)
+    names = [o.name for o in ref.get_outputs()]
+    if names != [o.name for o in cand.get_outputs()]:
+        raise HalpError("the rewritten model's outputs differ from the original's", stage=STAGE)
+    rng = np.random.default_rng(seed)
+    errors = {n: 0.0 for n in names}
+    for _ in range(trials):
+        feeds = random_inputs(reference, rng)
+        for name, a, b in zip(names, ref.run(None, feeds), cand.run(None, feeds)):
+            a = np.asarray(a, dtype=np.float64)
+            b = np.asarray(b, dtype=np.float64)
+            if a.shape != b.shape:
+                raise HalpError(f"output '{name}' has shape {b.shape}, expected {a.shape}", stage=STAGE)
+            scale = float(np.abs(a).max()) if a.size else 0.0
+            err = float(np.abs(a - b).max()) / scale if scale > 0 else float(np.abs(b).max() if b.size else 0.0)
+            errors[name] = max(errors[name], err)
+    worst = max(errors.values()) if errors else 0.0
+    return VerifyResult(passed=bool(worst <= rtol), max_rel_error=worst, per_output=errors, trials=trials,
+                        tolerance=rtol)
+
+
+def verify(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.ndarray, candidate: onnx.ModelProto, *,
+           trials: int = 3, seed: int = 0, rtol: float = 1e-4, strict: bool = True) -> VerifyResult:
+    """Compare the candidate with the masked original; a mismatch raises when ``strict``."""
+    result = compare(masked_reference(loaded, analysis, kept), candidate, trials=trials, seed=seed, rtol=rtol)
+    if strict and not result.passed:
+        worst = max(result.per_output, key=result.per_output.get)
+        raise HalpError(f"the pruned model differs from the masked original: output '{worst}' relative error "
+                        f"{result.per_output[worst]:.3g} > {rtol:g}", stage=STAGE)
+    return result
