@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from .errors import HalpError
+
 from .passes.channel_groups import ChannelAnalysis, analyze
 from .passes.load import LoadedModel, load
 from .passes.rewrite import RewriteResult, rewrite
@@ -34,10 +36,19 @@ def inspect(model: ModelSource, input_shapes: dict[str, tuple[int, ...]] | None 
     return loaded, analyze(loaded)
 
 
+def require_prunable(analysis: ChannelAnalysis, source: str) -> None:
+    """Refuse a model where nothing can be pruned, naming the first reason."""
+    if analysis.prunable:
+        return
+    first = next((g.reasons[0] for g in analysis.groups if g.reasons), "the model has no channels to prune")
+    raise HalpError(f"{source}: nothing can be pruned: every channel group is frozen ({first})", stage="channel-groups")
+
+
 def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int = 0,
           input_shapes: dict[str, tuple[int, ...]] | None = None, check: bool = True) -> PruneResult:
     """Remove ``ratio`` of every prunable group's channels, rewrite, and verify (always)."""
     loaded, analysis = inspect(model, input_shapes)
+    require_prunable(analysis, loaded.source)
     keep = keep_by_ratio(analysis, channel_scores(loaded, analysis, criterion, seed), ratio)
     result = rewrite(loaded, analysis, keep, check=check)
     verification = verify(loaded, analysis, result.kept, result.model)

@@ -69,6 +69,7 @@ class ChannelAnalysis:
     channel_index: np.ndarray
     total_params: int
     total_macs: int
+    prunable_params: int = 0  # parameters in initializers that at least one prunable group slices
     node_macs: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -93,6 +94,7 @@ class ChannelAnalysis:
     def to_dict(self, *, with_labels: bool = False) -> dict:
         data = {
             "total_params": self.total_params,
+            "prunable_params": self.prunable_params,
             "total_macs": self.total_macs,
             "groups": [g.to_dict() for g in self.groups],
         }
@@ -331,9 +333,12 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
             params=int(params[g]), macs=int(group_macs[g]), removable=False,
             remove_reason="zero-width groups are not supported by the rewrite yet"))
     consumers_out = tuple(Consumer(n, i, t) for n, i, t in ctx.consumer_specs)
+    prunable_inits = {name for g in groups if g.prunable for name in g.initializers}
+    prunable_params = int(sum(int(np.prod(ctx.consts[n].shape)) for n in prunable_inits if n in ctx.consts))
     return ChannelAnalysis(groups=tuple(groups), labels=labels, init_slices=init_slices,
                            consumers=consumers_out, channel_group=channel_group, channel_index=channel_index,
-                           total_params=total_params, total_macs=int(sum(macs.values())), node_macs=macs)
+                           total_params=total_params, total_macs=int(sum(macs.values())),
+                           prunable_params=prunable_params, node_macs=macs)
 
 
 def _groups_in(lab: Labels | None, channel_group: np.ndarray) -> list[int]:
