@@ -63,9 +63,10 @@ class GraphBuilder:
     def gemm(self, x: str, c_in: int, c_out: int) -> str:
         return self.op("Gemm", [x, self.weight((c_out, c_in)), self.const(np.zeros(c_out, np.float32), "b")], transB=1)
 
-    def model(self) -> onnx.ModelProto:
+    def model(self, extra_opsets: dict[str, int] | None = None) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
-                                  producer_name="halp-onnx")
+        opsets = [helper.make_opsetid("", self.opset)]
+        opsets += [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="halp-onnx")
         model.ir_version = min(model.ir_version, 9)
         return onnx.shape_inference.infer_shapes(model)

@@ -8,7 +8,7 @@ from ._rule import OpRule, who
 def analyze_broadcast(node, ctx) -> None:
     """Outputs carry the inputs' channels; tracked inputs are coupled; per-channel constants follow."""
     outputs = [o for o in node.output if o]
-    if not outputs:
+    if not outputs or all(ctx.labels(name) is None for name in node.input):
         return
     out_shape = ctx.shape(outputs[0])
     rank = len(out_shape)

@@ -38,6 +38,11 @@ def analyze_reshape(node, ctx) -> None:
                         f"({'x'.join(map(str, in_shape))} -> {'x'.join(map(str, out_shape))})")
         return
     ids = full[tuple(slice(None) if ax in varying else 0 for ax in range(len(out_shape)))]
+    if len(varying) == 2 and (ids.size != lab.ids.size or
+                              not np.array_equal(np.sort(ids, axis=None), np.sort(lab.ids, axis=None))):
+        ctx.freeze(lab, f"{who(node)} spreads the channels over two axes together with other data "
+                        f"({'x'.join(map(str, in_shape))} -> {'x'.join(map(str, out_shape))})")
+        return
     if len(varying) == 2 and lab.ids.ndim == 1:
         # one axis split in two (channel shuffle, attention heads): only the inner axis may shrink,
         # by the same positions in every row, so the result stays rectangular
