@@ -187,12 +187,10 @@ def _make_static(model: onnx.ModelProto, name: str, overrides: dict[str, tuple[i
         for d in dims:
             shape.dim.add().dim_value = int(d)
         shapes[key] = tuple(int(d) for d in dims)
-    # symbolic dims on outputs and value_info are re-derived by inference
-    for vi in list(model.graph.output) + list(model.graph.value_info):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            for d in vi.type.tensor_type.shape.dim:
-                if not d.HasField("dim_value"):
-                    d.Clear()
+    # output shapes are re-derived by inference from the (now static) inputs
+    for vi in model.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
     return shapes
 
