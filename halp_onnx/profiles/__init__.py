@@ -1,0 +1,1 @@
+"""Hardware profiles: measured or parsed latency data for pruning targets."""
