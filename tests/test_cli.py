@@ -137,7 +137,11 @@ def test_dynamic_batch_with_input_shape(tmp_path):
     out = tmp_path / "dyn_pruned.onnx"
     assert main(["prune", str(src), "--ratio", "0.25", "--input-shape", "input:2x3x32x32", "-o", str(out)]) == 0
     pruned = onnx.load(str(out))
-    assert [d.dim_value for d in pruned.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 32, 32]
+    dims = pruned.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [3, 32, 32]  # the batch stays dynamic
+    from halp_onnx.passes.verify import session
+    out = session(pruned).run(None, {"input": np.zeros((5, 3, 32, 32), np.float32)})[0]
+    assert out.shape == (5, 10)
 
 
 def test_external_data_model(tmp_path):

@@ -192,6 +192,7 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, S
         except Exception as err:
             raise HalpError(f"the rewritten model fails onnx.checker: {str(err).splitlines()[0][:300]}",
                             stage=STAGE) from None
+    model = restore_symbolic_dims(model, loaded)
     widths = {}
     for g in analysis.groups:
         members = analysis.channel_group == g.id
@@ -201,6 +202,41 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, S
     return RewriteResult(model=model, kept=kept, widths=widths,
                          params=(model_params(loaded.model), model_params(model)),
                          macs=(analysis.total_macs, int(sum(macs.values()))), node_macs=macs)
+
+
+def restore_symbolic_dims(model: onnx.ModelProto, loaded: LoadedModel) -> onnx.ModelProto:
+    """Give back the inputs' symbolic dims (e.g. a dynamic batch) that ``--input-shape`` fixed.
+
+    Kept only if the model still runs with another value of those dims (no shape was baked in).
+    """
+    symbolic = {name: dims for name, dims in loaded.original_inputs.items()
+                if any(not isinstance(d, int) or d <= 0 for d in dims)}
+    if not symbolic:
+        return model
+    relaxed = onnx.ModelProto()
+    relaxed.CopyFrom(model)
+    for vi in relaxed.graph.input:
+        if vi.name in symbolic:
+            for d, orig in zip(vi.type.tensor_type.shape.dim, symbolic[vi.name]):
+                if not isinstance(orig, int) or orig <= 0:
+                    d.Clear()
+                    d.dim_param = str(orig) if orig not in ("?", None) else f"{vi.name}_dim"
+    for vi in relaxed.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    del relaxed.graph.value_info[:]
+    try:
+        relaxed = onnx.shape_inference.infer_shapes(relaxed, strict_mode=True)
+        from .verify import random_inputs, session
+
+        feeds = random_inputs(model, np.random.default_rng(0))
+        for vi in relaxed.graph.input:
+            if vi.name in symbolic and vi.name in feeds:
+                shape = [2 if d.dim_param else d.dim_value for d in vi.type.tensor_type.shape.dim]
+                feeds[vi.name] = np.resize(feeds[vi.name], shape)
+        session(relaxed).run(None, feeds)
+    except Exception:  # a dim was baked into a constant: keep the static model
+        return model
+    return relaxed
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
