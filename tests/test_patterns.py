@@ -393,3 +393,39 @@ def test_masked_reference_runs_and_matches_dense_when_nothing_removed():
     ref = masked_reference(loaded, analysis, kept)
     assert len(ref.graph.node) == len(loaded.model.graph.node)
     session(ref)
+
+
+def test_zero_width_group_removes_residual_branch():
+    from halp_onnx.examples import cifar_resnet
+
+    loaded, analysis = inspect(cifar_resnet())
+    mid = analysis.groups[0]  # first block's inner channels: conv -> bn -> relu -> conv -> bn -> Add
+    assert mid.removable, mid.remove_reason
+    result = rewrite(loaded, analysis, {mid.id: []})
+    names = {n.name for n in result.model.graph.node}
+    assert not set(mid.producers) & names and not set(mid.consumers) & names
+    assert len(result.model.graph.node) < len(loaded.model.graph.node) - 4
+    onnx.checker.check_model(result.model, full_check=True)
+    assert verify(loaded, analysis, result.kept, result.model).passed
+    trunk = next(g for g in analysis.groups if len(g.producers) == 4)
+    assert not trunk.removable and "no longer depend on the inputs" in trunk.remove_reason
+
+
+def test_zero_width_refused_with_reason():
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 8, 8])
+    a = conv_relu(b, x, 3, 4)
+    loaded, analysis = inspect(finish(b, conv_relu(b, a, 4, 3), 3))
+    g = group_of(analysis, a)
+    assert not g.removable and "no longer depend" in g.remove_reason
+    with pytest.raises(HalpError, match="cannot lose all its channels: without it"):
+        kept_channels(analysis, {g.id: []})
+
+
+def test_zero_width_squeeze_excitation_bottleneck():
+    from halp_onnx.examples import mobilenet
+
+    loaded, analysis = inspect(mobilenet())
+    se = next(g for g in analysis.groups if g.size == 16 and len(g.producers) == 1 and g.removable)
+    result = rewrite(loaded, analysis, {se.id: []})
+    assert verify(loaded, analysis, result.kept, result.model).passed

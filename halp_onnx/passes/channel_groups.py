@@ -8,7 +8,7 @@ atoms come from coupled producers form one *channel group*.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 import numpy as np
@@ -331,7 +331,10 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
             initializers=tuple(sorted(n for n, sl in init_slices.items()
                                       if any(g in _groups_in(l, channel_group) for l in sl))),
             params=int(params[g]), macs=int(group_macs[g]), removable=False,
-            remove_reason="zero-width groups are not supported by the rewrite yet"))
+            remove_reason=""))
+    for g, group in enumerate(groups):
+        reason = _removal_blocker(ctx, group, labels, channel_group) if group.prunable else "it is frozen"
+        groups[g] = replace(group, removable=not reason, remove_reason=reason)
     consumers_out = tuple(Consumer(n, i, t) for n, i, t in ctx.consumer_specs)
     prunable_inits = {name for g in groups if g.prunable for name in g.initializers}
     prunable_params = int(sum(int(np.prod(ctx.consts[n].shape)) for n in prunable_inits if n in ctx.consts))
@@ -339,6 +342,39 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
                            consumers=consumers_out, channel_group=channel_group, channel_index=channel_index,
                            total_params=total_params, total_macs=int(sum(macs.values())),
                            prunable_params=prunable_params, node_macs=macs)
+
+
+_CONSTANT_WHEN_EMPTY = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str, Labels],
+                     channel_group: np.ndarray) -> str:
+    """Why the group cannot go to zero channels ("" if it can): its branch must vanish, its consumers
+    become constants, and every graph output must still depend on a graph input."""
+    tensors = set(group.tensors)
+    for t in group.tensors:
+        others = set(_groups_in(labels[t], channel_group)) - {group.id}
+        if others or (labels[t].ids < 0).any():
+            return f"tensor '{t}' also carries other channels"
+    consumers = set(group.consumers)
+    vanished = set()
+    for node in ctx.model.graph.node:
+        outs = [o for o in node.output if o]
+        if node.name not in consumers and outs and all(o in tensors for o in outs):
+            vanished.add(node.name)
+    for node in ctx.model.graph.node:
+        if node.name in vanished:
+            continue
+        if any(i in tensors for i in node.input):
+            if node.name not in consumers or node.op_type not in _CONSTANT_WHEN_EMPTY:
+                return f"node '{node.name}' ({node.op_type}) would be left without input"
+    live = {i.name for i in ctx.model.graph.input}
+    for node in ctx.model.graph.node:
+        if node.name not in vanished and node.name not in consumers and any(i in live for i in node.input):
+            live.update(o for o in node.output if o)
+    if any(o.name not in live for o in ctx.model.graph.output):
+        return "without it the graph outputs would no longer depend on the inputs"
+    return ""
 
 
 def _groups_in(lab: Labels | None, channel_group: np.ndarray) -> list[int]:

@@ -141,6 +141,56 @@ class RewriteContext:
         return name
 
 
+def _remove_empty_branches(rw: RewriteContext) -> set[str]:
+    """Groups pruned to zero: nodes whose outputs lost every channel disappear, and consumers that lost
+    every input channel become constants (their bias). Returns the names of the removed nodes."""
+    graph = rw.model.graph
+    empty = {name for name, lab in rw.analysis.labels.items() if lab.ids.size and not rw.mask_of(lab).any()}
+    if not empty:
+        return set()
+    removed = set()
+    for node in graph.node:
+        outs = [o for o in node.output if o]
+        if outs and all(o in empty for o in outs):
+            removed.add(node.name)
+        elif node.input and node.input[0] in empty:  # a consumer with no input channel left
+            out = node.output[0]
+            shape = list(rw.shapes[out])
+            mask = rw.mask(out)
+            channel_axis = 1 if node.op_type != "MatMul" else len(shape) - 1
+            if mask is not None:
+                shape[channel_axis] = int(mask.sum())
+            value = np.zeros(shape, dtype=np.float32)
+            bias = node.input[2] if len(node.input) > 2 and node.op_type != "MatMul" else ""
+            if bias:
+                b = np.asarray(rw.consts[bias], dtype=np.float32)
+                if node.op_type == "Gemm":
+                    b = b * float(rw.attr(node, "beta", 1.0))
+                    value = value + b
+                else:
+                    view = [1] * len(shape)
+                    view[channel_axis] = b.size
+                    value = value + b.reshape(view)
+            graph.initializer.append(onnx.numpy_helper.from_array(value.astype(np.float32), out))
+            removed.add(node.name)
+    kept_nodes = [n for n in graph.node if n.name not in removed]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    return removed
+
+
+def _fold_after_removal(rw: RewriteContext, removed: set[str]) -> None:
+    """Fold the constants a removed branch leaves behind into the op that joins it (usually an Add)."""
+    import onnx_graphsurgeon as gs
+
+    rw.model.graph.ClearField("value_info")
+    graph = gs.import_onnx(rw.model)
+    graph.fold_constants(fold_shapes=False, error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
+    folded = gs.export_onnx(graph, do_type_check=False)
+    folded.ir_version = rw.model.ir_version
+    rw.model.CopyFrom(folded)
+
+
 def _axis_sizes(lab: Labels, mask: np.ndarray, name: str):
     """(axis, new size, old size) per channel axis; the kept positions must form a box."""
     sizes = []
@@ -176,10 +226,13 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, S
         if value.shape != rw.consts[name].shape:
             init.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
             rw.consts[name] = value
+    removed = _remove_empty_branches(rw)
     for node in graph.node:
         rule = rule_for(node, rw.opset)
-        if rule is not None and rule.rewrite is not None:
+        if rule is not None and rule.rewrite is not None and node.name not in removed:
             rule.rewrite(node, rw)
+    if removed:
+        _fold_after_removal(rw, removed)
     del graph.value_info[:]
     try:
         model = onnx.shape_inference.infer_shapes(rw.model, check_type=True, strict_mode=True, data_prop=True)
