@@ -138,6 +138,9 @@ def _prune(args) -> int:
     _print_table(analysis, result)
     print(f"verified: max relative error {check.max_rel_error:.2e} (tolerance {check.tolerance:g}, "
           f"{check.trials} random inputs)")
+    if not check.input_sensitive:
+        print("warning: the model's outputs did not change with its inputs, so this check is weak "
+              "(untrained weights whose activations vanish?)")
     print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
     print(f"wrote {args.out}")
     return 0

@@ -234,19 +234,26 @@ def _infer(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
         raise HalpError(f"{name}: shape inference failed: {_first_line(err)}", stage=STAGE) from None
 
 
-def _fold_constants(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+def _fold_constants(model: onnx.ModelProto, name: str, max_rounds: int = 12) -> onnx.ModelProto:
+    """Fold constants and static shape computations; repeated while it still removes nodes (each
+    round's shapes let the next fold more, e.g. window-attention index arithmetic)."""
     import onnx_graphsurgeon as gs
 
-    graph = gs.import_onnx(model)
-    try:
-        graph.fold_constants(fold_shapes=True, error_ok=True).cleanup(remove_unused_graph_inputs=False)
-    except Exception as err:  # pragma: no cover - graphsurgeon internals
-        raise HalpError(f"{name}: constant folding failed: {_first_line(err)}", stage=STAGE) from None
-    folded = gs.export_onnx(graph, do_type_check=False)
-    folded.ir_version = model.ir_version
-    del folded.graph.value_info[:]
-    _constants_to_initializers(folded)
-    return _infer(folded, name)
+    for _ in range(max_rounds):
+        before = len(model.graph.node)
+        graph = gs.import_onnx(model)
+        try:
+            graph.fold_constants(fold_shapes=True, error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        except Exception as err:  # pragma: no cover - graphsurgeon internals
+            raise HalpError(f"{name}: constant folding failed: {_first_line(err)}", stage=STAGE) from None
+        folded = gs.export_onnx(graph, do_type_check=False)
+        folded.ir_version = model.ir_version
+        del folded.graph.value_info[:]
+        _constants_to_initializers(folded)
+        model = _infer(folded, name)
+        if len(model.graph.node) >= before:
+            break
+    return model
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
