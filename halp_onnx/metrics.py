@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 
 
-def node_macs(node: onnx.NodeProto, shapes: dict, consts: dict) -> int:
+def node_macs(node: onnx.NodeProto, shapes: dict) -> int:
     """MACs of one node at the model's static shapes; 0 for ops that do no multiply-accumulate."""
     out = shapes.get(node.output[0]) if node.output else None
     if out is None:

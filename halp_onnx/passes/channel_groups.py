@@ -17,7 +17,7 @@ import onnx
 from ..errors import HalpError
 from ..labels import Labels, UnionFind
 from ..metrics import node_macs
-from .load import LoadedModel, constant_values, tensor_shapes
+from .load import LoadedModel
 
 STAGE = "channel-groups"
 
@@ -115,8 +115,8 @@ class AnalysisContext:
         self.loaded = loaded
         self.model = loaded.model
         self.opset = loaded.opset
-        self.shapes = tensor_shapes(self.model)
-        self.consts = constant_values(self.model)
+        self.shapes = loaded.shapes
+        self.consts = loaded.constants
         self.uf = UnionFind()
         self.sources: list[tuple[str, str, bool]] = []  # (node, tensor, is padding) that created each source
         self.source_uf = nx.utils.UnionFind()
@@ -284,7 +284,7 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
         reasons[g].append("only constant padding channels")
 
     shapes = ctx.shapes
-    macs = {node.name: node_macs(node, shapes, ctx.consts) for node in ctx.model.graph.node}
+    macs = {node.name: node_macs(node, shapes) for node in ctx.model.graph.node}
     groups_of_node: dict[str, set[int]] = {}
     group_tensors: list[set[str]] = [set() for _ in root_sources]
     for name, lab in labels.items():

@@ -5,6 +5,7 @@ never modified.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,16 @@ class LoadedModel:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # the user's graph inputs as they were (shape with symbolic dims); used to report changes
     original_inputs: dict[str, tuple] = field(default_factory=dict)
+
+    @functools.cached_property
+    def constants(self) -> dict[str, np.ndarray]:
+        """Initializer values (computed once; treat as read-only)."""
+        return constant_values(self.model)
+
+    @functools.cached_property
+    def shapes(self) -> dict[str, tuple[int, ...] | None]:
+        """Static shape of every value (computed once)."""
+        return tensor_shapes(self.model)
 
     def to_dict(self) -> dict:
         return {"source": self.source, "opset": self.opset,

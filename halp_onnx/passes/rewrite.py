@@ -19,7 +19,7 @@ from ..errors import HalpError
 from ..labels import Labels
 from ..metrics import model_params, node_macs
 from .channel_groups import ChannelAnalysis
-from .load import LoadedModel, constant_values, tensor_shapes
+from .load import LoadedModel, tensor_shapes
 
 STAGE = "rewrite"
 
@@ -69,8 +69,8 @@ class RewriteContext:
         self.opset = loaded.opset
         self.analysis = analysis
         self.kept = kept
-        self.consts = constant_values(self.model)
-        self.shapes = tensor_shapes(self.model)
+        self.consts = dict(loaded.constants)  # values are replaced, never mutated in place
+        self.shapes = loaded.shapes
         self._inits = {i.name: i for i in self.model.graph.initializer}
         self._readers: dict[str, int] = {}
         for node in self.model.graph.node:
@@ -250,8 +250,8 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, S
     for g in analysis.groups:
         members = analysis.channel_group == g.id
         widths[g.id] = (g.size, int(kept[members].sum()))
-    shapes, consts = tensor_shapes(model), constant_values(model)
-    macs = {n.name: node_macs(n, shapes, consts) for n in model.graph.node}
+    shapes = tensor_shapes(model)
+    macs = {n.name: node_macs(n, shapes) for n in model.graph.node}
     return RewriteResult(model=model, kept=kept, widths=widths,
                          params=(model_params(loaded.model), model_params(model)),
                          macs=(analysis.total_macs, int(sum(macs.values()))), node_macs=macs)

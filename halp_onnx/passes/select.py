@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import HalpError
 from .channel_groups import ChannelAnalysis
-from .load import LoadedModel, constant_values
+from .load import LoadedModel
 
 STAGE = "select"
 CRITERIA = ("l2", "random")
@@ -17,7 +17,7 @@ CRITERIA = ("l2", "random")
 
 def l2_scores(loaded: LoadedModel, analysis: ChannelAnalysis) -> np.ndarray:
     """Per channel: squared L2 norm of every weight slice that belongs to it, summed over the group."""
-    consts = constant_values(loaded.model)
+    consts = loaded.constants
     score = np.zeros(len(analysis.channel_group), dtype=np.float64)
     for name, slices in analysis.init_slices.items():
         value = consts.get(name)

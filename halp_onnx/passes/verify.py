@@ -14,7 +14,7 @@ import onnx
 
 from ..errors import HalpError
 from .channel_groups import ChannelAnalysis
-from .load import LoadedModel, tensor_shapes
+from .load import LoadedModel
 
 STAGE = "verify"
 
@@ -42,7 +42,7 @@ def masked_reference(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.nd
     model = onnx.ModelProto()
     model.CopyFrom(loaded.model)
     types = _elem_types(model)
-    shapes = tensor_shapes(model)
+    shapes = loaded.shapes
     nodes = {n.name: n for n in model.graph.node}
     insert_before: dict[str, list[onnx.NodeProto]] = {}
     for k, consumer in enumerate(analysis.consumers):
