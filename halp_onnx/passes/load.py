@@ -249,7 +249,9 @@ def _fold_constants(model: onnx.ModelProto, name: str, max_rounds: int = 12) -> 
     """Fold constants and static shape computations; repeated while it still removes nodes (each
     round's shapes let the next fold more, e.g. window-attention index arithmetic)."""
     import onnx_graphsurgeon as gs
+    import onnxruntime
 
+    onnxruntime.set_default_logger_severity(3)  # graphsurgeon folds with onnxruntime: keep its warnings quiet
     for _ in range(max_rounds):
         before = len(model.graph.node)
         graph = gs.import_onnx(model)
