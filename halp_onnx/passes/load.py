@@ -238,9 +238,38 @@ def _constants_to_initializers(model: onnx.ModelProto) -> None:
         model.graph.node.extend(keep)
 
 
+PROTOBUF_LIMIT = 1_800_000_000  # a serialised model must stay under 2 GiB
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(i.raw_data) for i in model.graph.initializer)
+
+
+def infer_shapes(model: onnx.ModelProto, *, check_type: bool = False) -> onnx.ModelProto:
+    """onnx shape inference (strict, with data propagation), also for models over 2 GiB: large
+    initializers' bytes are set aside while it runs (inference reads only their dims)."""
+    if weight_bytes(model) < PROTOBUF_LIMIT:
+        return onnx.shape_inference.infer_shapes(model, check_type=check_type, strict_mode=True, data_prop=True)
+    parked = {}
+    for init in model.graph.initializer:
+        if len(init.raw_data) > 1 << 16:
+            parked[init.name] = init.raw_data
+            init.ClearField("raw_data")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=check_type, strict_mode=True, data_prop=True)
+    finally:
+        for init in model.graph.initializer:
+            if init.name in parked:
+                init.raw_data = parked[init.name]
+    for init in inferred.graph.initializer:
+        if init.name in parked:
+            init.raw_data = parked[init.name]
+    return inferred
+
+
 def _infer(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=True, data_prop=True)
+        return infer_shapes(model)
     except Exception as err:  # onnx raises InferenceError / ValidationError subclasses
         raise HalpError(f"{name}: shape inference failed: {_first_line(err)}", stage=STAGE) from None
 

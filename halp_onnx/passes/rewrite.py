@@ -19,7 +19,7 @@ from ..errors import HalpError
 from ..labels import Labels
 from ..metrics import model_params, node_macs
 from .channel_groups import ChannelAnalysis
-from .load import LoadedModel, tensor_shapes
+from .load import PROTOBUF_LIMIT, LoadedModel, infer_shapes, tensor_shapes, weight_bytes
 
 STAGE = "rewrite"
 
@@ -235,13 +235,13 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, S
         _fold_after_removal(rw, removed)
     del graph.value_info[:]
     try:
-        model = onnx.shape_inference.infer_shapes(rw.model, check_type=True, strict_mode=True, data_prop=True)
+        model = infer_shapes(rw.model, check_type=True)
     except Exception as err:
         raise HalpError(f"the rewritten model fails shape inference: {str(err).splitlines()[0][:300]}",
                         stage=STAGE) from None
     if check:
         try:
-            onnx.checker.check_model(model, full_check=True)
+            check_model(model)
         except Exception as err:
             raise HalpError(f"the rewritten model fails onnx.checker: {str(err).splitlines()[0][:300]}",
                             stage=STAGE) from None
@@ -278,7 +278,7 @@ def restore_symbolic_dims(model: onnx.ModelProto, loaded: LoadedModel) -> onnx.M
         vi.type.tensor_type.ClearField("shape")
     del relaxed.graph.value_info[:]
     try:
-        relaxed = onnx.shape_inference.infer_shapes(relaxed, strict_mode=True)
+        relaxed = infer_shapes(relaxed)
         from .verify import random_inputs, session
 
         feeds = random_inputs(model, np.random.default_rng(0))
@@ -292,6 +292,17 @@ def restore_symbolic_dims(model: onnx.ModelProto, loaded: LoadedModel) -> onnx.M
     return relaxed
 
 
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker with full_check; a model over 2 GiB is checked from a temporary external-data file."""
+    if weight_bytes(model) < PROTOBUF_LIMIT:
+        onnx.checker.check_model(model, full_check=True)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        onnx.checker.check_model(str(path), full_check=True)
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write atomically: a temporary file in the same folder, then a rename."""
     path = Path(path)
@@ -299,7 +310,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        if model.ByteSize() > 1_800_000_000:
+        if weight_bytes(model) > PROTOBUF_LIMIT:
             data_name = f"{path.name}.data"
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name + ".tmp")

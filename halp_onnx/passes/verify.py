@@ -7,14 +7,16 @@ relative to each output's largest magnitude.
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ..errors import HalpError
 from .channel_groups import ChannelAnalysis
-from .load import LoadedModel
+from .load import PROTOBUF_LIMIT, LoadedModel, weight_bytes
 
 STAGE = "verify"
 
@@ -103,7 +105,12 @@ def session(model: onnx.ModelProto):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        if weight_bytes(model) < PROTOBUF_LIMIT:
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as tmp:  # over 2 GiB: through an external-data file
+            path = Path(tmp) / "model.onnx"
+            onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:
         raise HalpError(f"onnxruntime cannot load the model: {str(err).splitlines()[0][:300]}", stage=STAGE) from None
 
