@@ -1,6 +1,6 @@
 """The compiler core on a representative torchvision subset (the full 80 is tools/coverage.py).
 
-Each model: random weights (degenerate inits re-drawn so outputs depend on inputs), exported to ONNX
+Each model: random weights (degenerate inits redrawn so outputs depend on inputs), exported to ONNX
 at 1x3x224x224, inspected, pruned at ratio 0.3 and verified against the masked original.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from halp_onnx import prune  # noqa: E402
-from halp_onnx.zoo import export_torch_module  # noqa: E402
+from halp_onnx.zoo import export_torch_module, redraw_degenerate_weights  # noqa: E402
 
 # model -> (pattern it exercises, minimum share of parameters in prunable groups)
 SUBSET = {
@@ -35,19 +35,6 @@ SUBSET = {
 }
 
 
-def _redraw_degenerate(module) -> None:
-    """Some torchvision inits make random-weight outputs constant (ViT's zero head, GoogLeNet's
-    std-0.01 convolutions): redraw those weights so that the equivalence check has teeth."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                w = m.weight
-                fan_in = w[0].numel()
-                if float(w.std()) < 0.5 / np.sqrt(fan_in):
-                    w.copy_(torch.randn(w.shape, generator=gen) / np.sqrt(fan_in))
-
-
 @pytest.fixture(scope="session")
 def zoo_dir(tmp_path_factory) -> Path:
     cache = os.environ.get("HALP_ZOO_CACHE")
@@ -61,7 +48,7 @@ def test_zoo_model_prunes_and_verifies(zoo_dir, name):
     if not path.exists():
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, weights=None).eval()
-        _redraw_degenerate(model)
+        redraw_degenerate_weights(model)
         try:
             export_torch_module(model, torch.randn(1, 3, 224, 224), path, "torchscript")
         except Exception:  # e.g. ViT's fused attention: only the dynamo exporter handles it

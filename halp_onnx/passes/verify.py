@@ -115,25 +115,28 @@ def session(model: onnx.ModelProto):
         raise HalpError(f"onnxruntime cannot load the model: {str(err).splitlines()[0][:300]}", stage=STAGE) from None
 
 
+def _run_all(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> tuple[list[str], list[list[np.ndarray]]]:
+    """Outputs of one model on every input set; one session alive at a time (large models)."""
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    outputs = [sess.run(None, f) for f in feeds]
+    del sess
+    return names, outputs
+
+
 def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, *, trials: int = 3, seed: int = 0,
             rtol: float = 1e-4) -> VerifyResult:
     """Run both models on the same random inputs and compare every output."""
-    ref, cand = session(reference), session(candidate)
-    names = [o.name for o in ref.get_outputs()]
-    if names != [o.name for o in cand.get_outputs()]:
-        raise HalpError("the rewritten model's outputs differ from the original's", stage=STAGE)
     rng = np.random.default_rng(seed)
+    feeds = [random_inputs(reference, rng) for _ in range(trials)]
+    names, ref_outs = _run_all(reference, feeds)
+    cand_names, cand_outs = _run_all(candidate, feeds)
+    if names != cand_names:
+        raise HalpError("the rewritten model's outputs differ from the original's", stage=STAGE)
+    sensitive = any(not np.array_equal(x, y) for later in ref_outs[1:] for x, y in zip(ref_outs[0], later))
     errors = {n: 0.0 for n in names}
-    first: list[np.ndarray] | None = None
-    sensitive = False
-    for _ in range(trials):
-        feeds = random_inputs(reference, rng)
-        ref_out = ref.run(None, feeds)
-        if first is None:
-            first = ref_out
-        else:
-            sensitive |= any(not np.array_equal(x, y) for x, y in zip(first, ref_out))
-        for name, a, b in zip(names, ref_out, cand.run(None, feeds)):
+    for ref_out, cand_out in zip(ref_outs, cand_outs):
+        for name, a, b in zip(names, ref_out, cand_out):
             a = np.asarray(a, dtype=np.float64)
             b = np.asarray(b, dtype=np.float64)
             if a.shape != b.shape:
