@@ -152,3 +152,22 @@ def test_external_data_model(tmp_path):
     out = tmp_path / "ext_pruned.onnx"
     assert main(["prune", str(src), "--ratio", "0.3", "-o", str(out)]) == 0
     assert np.isfinite(onnx.numpy_helper.to_array(onnx.load(str(out)).graph.initializer[0])).all()
+
+
+def test_models_over_the_protobuf_limit(tmp_path, monkeypatch):
+    """The >2 GiB paths (skeleton shape inference, external-data checker and sessions, external-data
+    output) exercised on a small model by lowering the limit."""
+    from halp_onnx.passes import load as load_pass, rewrite as rewrite_pass, verify as verify_pass
+
+    for module in (load_pass, rewrite_pass, verify_pass):
+        monkeypatch.setattr(module, "PROTOBUF_LIMIT", 1000)
+    src = tmp_path / "big.onnx"
+    onnx.save_model(cifar_resnet(), str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="big.onnx.data", size_threshold=0)
+    out = tmp_path / "big_pruned.onnx"
+    assert main(["prune", str(src), "--ratio", "0.3", "-o", str(out)]) == 0
+    assert (tmp_path / "big_pruned.onnx.data").exists() and not list(tmp_path.glob("*.tmp"))
+    pruned = onnx.load(str(out), load_external_data=False)
+    assert all(i.data_location == onnx.TensorProto.EXTERNAL for i in pruned.graph.initializer if i.dims and
+               int(np.prod(i.dims)) > 256)
+    onnx.checker.check_model(str(out), full_check=True)

@@ -245,6 +245,14 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     return sum(len(i.raw_data) for i in model.graph.initializer)
 
 
+def save_external(model: onnx.ModelProto, path: str | os.PathLike, location: str) -> None:
+    """Save with all weights in one external file ``location`` beside ``path``. onnx's saver moves the
+    weights out of the proto it is given, so it gets a copy and the caller's model stays whole."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location)
+
+
 def infer_shapes(model: onnx.ModelProto, *, check_type: bool = False) -> onnx.ModelProto:
     """onnx shape inference (strict, with data propagation), also for models over 2 GiB: large
     initializers' bytes are set aside while it runs (inference reads only their dims)."""

@@ -19,7 +19,7 @@ from ..errors import HalpError
 from ..labels import Labels
 from ..metrics import model_params, node_macs
 from .channel_groups import ChannelAnalysis
-from .load import PROTOBUF_LIMIT, LoadedModel, infer_shapes, tensor_shapes, weight_bytes
+from .load import PROTOBUF_LIMIT, LoadedModel, infer_shapes, save_external, tensor_shapes, weight_bytes
 
 STAGE = "rewrite"
 
@@ -299,7 +299,7 @@ def check_model(model: onnx.ModelProto) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        save_external(model, path, "model.onnx.data")
         onnx.checker.check_model(str(path), full_check=True)
 
 
@@ -312,8 +312,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     try:
         if weight_bytes(model) > PROTOBUF_LIMIT:
             data_name = f"{path.name}.data"
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name + ".tmp")
+            save_external(model, tmp, data_name + ".tmp")
             os.replace(path.parent / (data_name + ".tmp"), path.parent / data_name)
             _relocate_external(tmp, data_name)
         else:
@@ -321,6 +320,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        (path.parent / f"{path.name}.data.tmp").unlink(missing_ok=True)
         raise
     return path
 

@@ -16,7 +16,7 @@ import onnx
 
 from ..errors import HalpError
 from .channel_groups import ChannelAnalysis
-from .load import PROTOBUF_LIMIT, LoadedModel, weight_bytes
+from .load import PROTOBUF_LIMIT, LoadedModel, save_external, weight_bytes
 
 STAGE = "verify"
 
@@ -109,7 +109,7 @@ def session(model: onnx.ModelProto):
             return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         with tempfile.TemporaryDirectory() as tmp:  # over 2 GiB: through an external-data file
             path = Path(tmp) / "model.onnx"
-            onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+            save_external(model, path, "model.onnx.data")
             return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:
         raise HalpError(f"onnxruntime cannot load the model: {str(err).splitlines()[0][:300]}", stage=STAGE) from None
