@@ -1,0 +1,315 @@
+"""Named latency targets (``--target``): what runs a model, in which precision, on which GPU.
+
+Backends:
+
+* ``ort-cpu``: onnxruntime's CPUExecutionProvider (fp32).
+* ``ort-cuda``: onnxruntime's CUDAExecutionProvider (fp32, or ``ort-cuda-fp16``).
+* ``torch-cuda``: the model run by torch on CUDA (fp32, or ``torch-cuda-fp16``).
+* ``tensorrt``: a TensorRT engine on a named GPU: ``trt-v100``, ``trt-a100``, ``trt-t4``,
+  ``trt-orin``, ``trt-h100`` (fp16 by default; ``-fp32`` and ``-int8`` variants).  Where
+  that GPU is not here its latencies come from the analytic model
+  (:mod:`halp_onnx.profiles.analytic`) and are labelled *estimated*.
+
+:func:`target_status` says whether a target can be measured on this machine (never
+raises), :func:`device_fingerprint` describes the machine a profile was taken on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from halp_onnx.errors import HalpError
+from halp_onnx.profiles.analytic import GPU_SPECS, LABEL, GpuSpec, get_gpu_spec
+
+__all__ = [
+    "BACKENDS",
+    "TARGETS",
+    "Target",
+    "device_fingerprint",
+    "get_target",
+    "known_targets",
+    "target_status",
+]
+
+STAGE = "targets"
+BACKENDS: tuple[str, ...] = ("ort-cpu", "ort-cuda", "torch-cuda", "tensorrt")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A named latency target."""
+
+    name: str
+    backend: str  # "ort-cpu" | "ort-cuda" | "torch-cuda" | "tensorrt"
+    precision: str = "fp32"  # "fp32" | "fp16" | "int8"
+    batch: int = 1
+    gpu: str | None = None  # key of analytic.GPU_SPECS for a named GPU
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise HalpError(f"target {self.name!r}: backend {self.backend!r} is not one of {', '.join(BACKENDS)}",
+                            stage=STAGE)
+        if self.precision not in PRECISIONS:
+            raise HalpError(f"target {self.name!r}: precision {self.precision!r} is not one of "
+                            f"{', '.join(PRECISIONS)}", stage=STAGE)
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch <= 0:
+            raise HalpError(f"target {self.name!r}: batch must be a positive int, got {self.batch!r}", stage=STAGE)
+        if self.gpu is not None and self.gpu not in GPU_SPECS:
+            raise HalpError(f"target {self.name!r}: unknown GPU {self.gpu!r}; known: {', '.join(GPU_SPECS)}",
+                            stage=STAGE)
+
+    @property
+    def gpu_spec(self) -> GpuSpec | None:
+        """The analytic spec of the named GPU, or None for targets that run on whatever is here."""
+        return get_gpu_spec(self.gpu) if self.gpu else None
+
+    @property
+    def estimable(self) -> bool:
+        """Whether the analytic model can stand in for a measurement of this target."""
+        return self.gpu is not None
+
+    def with_batch(self, batch: int) -> Target:
+        return dataclasses.replace(self, batch=int(batch))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build_registry() -> tuple[dict[str, Target], dict[str, str]]:
+    targets: dict[str, Target] = {}
+    aliases: dict[str, str] = {}
+
+    def add(t: Target, *alias: str) -> None:
+        targets[t.name] = t
+        for a in alias:
+            aliases[a] = t.name
+
+    add(Target("ort-cpu", "ort-cpu", "fp32"), "ort-cpu-fp32")
+    add(Target("ort-cuda", "ort-cuda", "fp32"), "ort-cuda-fp32")
+    add(Target("ort-cuda-fp16", "ort-cuda", "fp16"))
+    add(Target("torch-cuda", "torch-cuda", "fp32"), "torch-cuda-fp32")
+    add(Target("torch-cuda-fp16", "torch-cuda", "fp16"))
+    for gpu in ("v100", "a100", "t4", "orin", "h100"):
+        add(Target(f"trt-{gpu}", "tensorrt", "fp16", gpu=gpu), f"trt-{gpu}-fp16")
+        add(Target(f"trt-{gpu}-fp32", "tensorrt", "fp32", gpu=gpu))
+        add(Target(f"trt-{gpu}-int8", "tensorrt", "int8", gpu=gpu))
+    return targets, aliases
+
+
+TARGETS, _ALIASES = _build_registry()
+
+
+def known_targets() -> list[str]:
+    """The canonical target names, sorted."""
+    return sorted(TARGETS)
+
+
+def get_target(name: str | Target) -> Target:
+    """The registered target called ``name`` (case-insensitive; ``trt-a100-fp16`` = ``trt-a100``)."""
+    if isinstance(name, Target):
+        return name
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in TARGETS:
+        return TARGETS[key]
+    raise HalpError(f"--target {name!r}: unknown target; known: {', '.join(known_targets())}", stage=STAGE)
+
+
+# ----------------------------------------------------------------------------------------
+# Availability
+# ----------------------------------------------------------------------------------------
+
+
+def _dist_version(*names: str) -> str | None:
+    for n in names:
+        try:
+            return metadata.version(n)
+        except metadata.PackageNotFoundError:
+            continue
+        except Exception:  # a broken metadata directory
+            continue
+    return None
+
+
+def _ort_status(need_cuda: bool) -> tuple[bool, str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False, "onnxruntime is not installed (pip install onnxruntime)"
+    except Exception as exc:
+        return False, f"onnxruntime failed to import ({type(exc).__name__}: {exc})"
+    version = getattr(ort, "__version__", "?")
+    try:
+        providers = list(ort.get_available_providers())
+    except Exception as exc:
+        return False, f"onnxruntime {version}: cannot list execution providers ({type(exc).__name__}: {exc})"
+    wanted = "CUDAExecutionProvider" if need_cuda else "CPUExecutionProvider"
+    if wanted in providers:
+        return True, f"onnxruntime {version} ({wanted})"
+    hint = " (install onnxruntime-gpu on a machine with an NVIDIA GPU)" if need_cuda else ""
+    return False, f"onnxruntime {version} has no {wanted}{hint}; it offers {', '.join(providers) or 'none'}"
+
+
+def _torch_status() -> tuple[bool, str]:
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed (pip install halp-onnx[torch])"
+    except Exception as exc:
+        return False, f"torch failed to import ({type(exc).__name__}: {exc})"
+    version = getattr(torch, "__version__", "?")
+    try:
+        if torch.cuda.is_available():
+            return True, f"torch {version} on {torch.cuda.get_device_name(0)}"
+    except Exception as exc:
+        return False, f"torch {version}: CUDA check failed ({type(exc).__name__}: {exc})"
+    return False, f"torch {version} sees no CUDA device"
+
+
+def _gpu_names() -> list[str]:
+    """Names of visible NVIDIA GPUs from nvidia-smi (no heavy imports), else []."""
+    info = _nvidia_smi()
+    return [g["name"] for g in info] if info else []
+
+
+def _nvidia_smi() -> list[dict[str, str]] | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    gpus = []
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 2 and parts[0]:
+            gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2] if len(parts) > 2 else ""})
+    return gpus or None
+
+
+def _trt_status(target: Target) -> tuple[bool, str]:
+    from halp_onnx.profiles.tensorrt import TrtBackend
+
+    spec = target.gpu_spec
+    fallback = f"{target.name} latencies are {LABEL} with the analytic {spec.name} model" if spec else ""
+    try:
+        ok, reason = TrtBackend().available()
+    except Exception as exc:  # available() should not raise; be safe anyway
+        ok, reason = False, f"TensorRT check failed ({type(exc).__name__}: {exc})"
+    if not ok:
+        return False, f"{reason}; {fallback}" if fallback else reason
+    if spec is None:
+        return True, reason
+    device = reason.split(" on ", 1)[1] if " on " in reason else ""
+    names = [device] if device and not re.fullmatch(r"CUDA device \d+", device) else _gpu_names()
+    if any(spec.matches(n) for n in names):
+        return True, reason
+    seen = ", ".join(names) if names else "an unidentified GPU"
+    return False, f"{reason}, but this machine has {seen}, not an {spec.name}; {fallback}"
+
+
+def target_status(target: str | Target) -> tuple[bool, str]:
+    """``(available_here, reason)``: whether ``target`` can be measured on this machine.
+
+    Never raises for a registered target; an unknown name raises ``HalpError``.
+    """
+    t = get_target(target)
+    if t.backend == "ort-cpu":
+        return _ort_status(need_cuda=False)
+    if t.backend == "ort-cuda":
+        return _ort_status(need_cuda=True)
+    if t.backend == "torch-cuda":
+        return _torch_status()
+    return _trt_status(t)
+
+
+# ----------------------------------------------------------------------------------------
+# Fingerprint
+# ----------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        text = ""
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        m = re.search(rf"^{re.escape(key)}\s*:\s*(.+)$", text, re.MULTILINE)
+        if m and m.group(1).strip():
+            return m.group(1).strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _torch_gpu() -> dict[str, str] | None:
+    """Device name and CUDA version through torch, only if torch is already imported."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if torch.cuda.is_available():
+            return {"name": str(torch.cuda.get_device_name(0)), "cuda": str(torch.version.cuda)}
+    except Exception:
+        return None
+    return None
+
+
+def device_fingerprint(target: str | Target) -> dict[str, Any]:
+    """What a profile for ``target`` was (or would be) measured on; JSON-serialisable.
+
+    GPU details come from ``nvidia-smi`` (and torch, when it is already imported); an
+    analytic target also records its GPU spec and ``"estimated": True`` when it is not
+    measurable here.
+    """
+    t = get_target(target)
+    available, reason = target_status(t)
+    fp: dict[str, Any] = {
+        "target": t.name,
+        "backend": t.backend,
+        "precision": t.precision,
+        "batch": t.batch,
+        "available_here": available,
+        "status": reason,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            "halp_onnx": _dist_version("halp-onnx"),
+            "onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu"),
+            "torch": _dist_version("torch"),
+            "tensorrt": _dist_version("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"),
+        },
+        "gpu": None,
+    }
+    if t.backend != "ort-cpu":
+        gpus = _nvidia_smi()
+        tg = _torch_gpu()
+        if gpus or tg:
+            gpu: dict[str, Any] = dict(gpus[0]) if gpus else {}
+            if tg:
+                gpu.setdefault("name", tg["name"])
+                gpu["cuda"] = tg["cuda"]
+            if gpus and len(gpus) > 1:
+                gpu["count"] = len(gpus)
+            fp["gpu"] = gpu
+    if t.gpu_spec is not None:
+        fp["gpu_spec"] = t.gpu_spec.to_dict()
+        fp["estimated"] = not available
+    return fp
