@@ -1,0 +1,141 @@
+"""Timed blocks of a model: what a latency table is looked up with.
+
+A *block* is what a runtime runs as one kernel: a Conv / ConvTranspose / Gemm / MatMul with the
+element-wise ops it fuses (activation, and the residual Add), or one memory-bound op (pooling,
+element-wise, concat...) whose cost grows with the channels it carries. Each block has a static
+:class:`~halp_onnx.profiles.signature.BlockSignature` and channel counts ``(c_in, c_out)`` that follow
+the channel groups: :func:`block_widths` gives them for any choice of kept channels, which is how the
+knapsack prices a group's width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..passes.channel_groups import ChannelAnalysis
+from ..passes.load import LoadedModel
+from .signature import BlockSignature
+
+# ops a runtime folds into the epilogue of the preceding GEMM-like kernel
+FUSABLE_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu")
+_POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
+_FREE_OPS = ("Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Size", "Cast")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One timed unit: its anchor node, the fused nodes, the tensors whose widths give (c_in, c_out)."""
+
+    node: str
+    fused: tuple[str, ...]
+    signature: BlockSignature
+    in_tensor: str
+    out_tensor: str
+    c_in: int  # dense widths
+    c_out: int
+
+
+def _attr(node: onnx.NodeProto, key: str, default=None):
+    for a in node.attribute:
+        if a.name == key:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _dtype(precision: str) -> str:
+    return {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}[precision]
+
+
+def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: str = "fp32") -> list[Block]:
+    """Every block of the model, GEMM-like ones with their fused epilogues, in graph order."""
+    graph = loaded.model.graph
+    shapes = loaded.shapes
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    fused_into: set[str] = set()
+    blocks: list[Block] = []
+    for node in graph.node:
+        if node.name in fused_into or node.op_type in _FREE_OPS or not node.output:
+            continue
+        out = node.output[0]
+        if shapes.get(out) is None or not node.input or shapes.get(node.input[0]) is None:
+            continue
+        in_shape, out_shape = shapes[node.input[0]], shapes[out]
+        batch = int(in_shape[0]) if in_shape else 1
+        if node.op_type in ("Conv", "ConvTranspose") and len(in_shape) >= 3:
+            epilogue, fused, last = _epilogue(node, readers, outputs)
+            fused_into.update(fused)
+            weight = shapes[node.input[1]]
+            k = tuple(int(d) for d in weight[2:])
+            groups = int(_attr(node, "group", 1))
+            if groups == 1:
+                rule = "dense"
+            elif groups == in_shape[1] and weight[1] == 1:
+                rule = "depthwise"
+            else:
+                rule = f"grouped:{int(weight[0 if node.op_type == 'ConvTranspose' else 1])}"
+            sig = BlockSignature(op=node.op_type, kernel=k, stride=tuple(_attr(node, "strides", [1] * len(k))),
+                                 pads=tuple(_attr(node, "pads", [0] * 2 * len(k))),
+                                 dilation=tuple(_attr(node, "dilations", [1] * len(k))), groups=rule,
+                                 in_hw=tuple(int(d) for d in in_shape[2:]), batch=batch, dtype=_dtype(precision),
+                                 epilogue=epilogue)
+            blocks.append(Block(node.name, fused, sig, node.input[0], last, int(in_shape[1]), int(out_shape[1])))
+        elif node.op_type in ("Gemm", "MatMul") and node.input[1] in loaded.constants:
+            epilogue, fused, last = _epilogue(node, readers, outputs)
+            fused_into.update(fused)
+            rows = int(np.prod(in_shape[:-1])) // max(batch, 1) if node.op_type == "MatMul" else int(in_shape[0])
+            sig = BlockSignature(op=node.op_type, kernel=(), stride=(), pads=(), dilation=(), groups="dense",
+                                 in_hw=(max(rows, 1),), batch=batch if node.op_type == "MatMul" else 1,
+                                 dtype=_dtype(precision), epilogue=epilogue)
+            blocks.append(Block(node.name, fused, sig, node.input[0], last, int(in_shape[-1]), int(out_shape[-1])))
+        elif analysis.labels.get(out) is not None and len(out_shape) >= 2:
+            per_channel = int(np.prod(out_shape)) // max(int(np.prod(analysis.labels[out].ids.shape)), 1)
+            kind = "Pool" if node.op_type in _POOL_OPS else "Elementwise"
+            kernel = tuple(_attr(node, "kernel_shape", [])) if kind == "Pool" else ()
+            sig = BlockSignature(op=kind, kernel=kernel, stride=tuple(_attr(node, "strides", [1] * len(kernel))),
+                                 pads=tuple(_attr(node, "pads", [0] * 2 * len(kernel))),
+                                 dilation=(1,) * len(kernel), groups="depthwise",
+                                 in_hw=tuple(int(d) for d in in_shape[2:]) if kind == "Pool" else (per_channel,),
+                                 batch=batch, dtype=_dtype(precision))
+            width = int(analysis.labels[out].ids.size)
+            blocks.append(Block(node.name, (), sig, out, out, width, width))
+    return blocks
+
+
+def _epilogue(node: onnx.NodeProto, readers, outputs) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """Follow single-reader chains of a residual Add and activations fused after a GEMM-like node."""
+    ops: list[str] = []
+    fused: list[str] = []
+    tensor = node.output[0]
+    while tensor not in outputs and len(readers.get(tensor, [])) == 1:
+        nxt = readers[tensor][0]
+        folded_norm = nxt.op_type == "BatchNormalization" and not ops  # runtimes fold it into the weights
+        residual = nxt.op_type == "Add" and all(o == "BatchNormalization" for o in ops)  # bias or residual
+        activation = nxt.op_type in FUSABLE_ACTIVATIONS and not any(o in FUSABLE_ACTIVATIONS for o in ops)
+        if not (folded_norm or residual or activation):
+            break
+        ops.append(nxt.op_type)
+        fused.append(nxt.name)
+        tensor = nxt.output[0]
+    return tuple(ops), tuple(fused), tensor
+
+
+def block_widths(analysis: ChannelAnalysis, kept: np.ndarray, block: Block) -> tuple[int, int]:
+    """(c_in, c_out) of a block when ``kept`` (bool per channel) channels stay."""
+    return _width(analysis, kept, block.in_tensor, block.c_in), _width(analysis, kept, block.out_tensor, block.c_out)
+
+
+def _width(analysis: ChannelAnalysis, kept: np.ndarray, tensor: str, dense: int) -> int:
+    lab = analysis.labels.get(tensor)
+    if lab is None:
+        return dense
+    ids = lab.ids.reshape(lab.ids.shape[0], -1)[:, 0] if lab.ids.ndim > 1 else lab.ids
+    if ids.size != dense:  # channels spread over other positions (flattened maps): count channels
+        mask = np.where(lab.ids >= 0, kept[np.maximum(lab.ids, 0)], True)
+        return int(round(dense * mask.mean()))
+    return int(np.where(ids >= 0, kept[np.maximum(ids, 0)], True).sum())
