@@ -129,7 +129,9 @@ def analyze_axis_mixer(node, ctx) -> None:
     rank = len(ctx.shape(node.input[0]))
     if _mixed_axes(node, ctx, rank) & set(lab.axes):
         ctx.freeze(lab, f"{who(node)} mixes values across the channel axis")
-        return
+        if ctx.shapes.get(node.output[0]) != ctx.shape(node.input[0]):
+            return
+    # same channels out as in (frozen ones stay frozen, so the reason reaches the layers downstream)
     ctx.set(node.output[0], lab)
 
 
