@@ -26,9 +26,6 @@ class Labels:
     def flat(self) -> np.ndarray:
         return self.ids.reshape(-1)
 
-    def with_axes(self, axes: tuple[int, ...]) -> "Labels":
-        return Labels(tuple(axes), self.ids)
-
 
 class UnionFind:
     """Union-find over atom ids that grows on demand, with per-atom metadata arrays."""

@@ -7,7 +7,6 @@ atoms come from coupled producers form one *channel group*.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 
 import networkx as nx
@@ -103,9 +102,6 @@ class ChannelAnalysis:
             data["channel_group"] = self.channel_group.tolist()
             data["channel_index"] = self.channel_index.tolist()
         return data
-
-    def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(**kw), indent=1)
 
 
 class AnalysisContext:

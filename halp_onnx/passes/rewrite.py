@@ -179,7 +179,7 @@ def _remove_empty_branches(rw: RewriteContext) -> set[str]:
     return removed
 
 
-def _fold_after_removal(rw: RewriteContext, removed: set[str]) -> None:
+def _fold_after_removal(rw: RewriteContext) -> None:
     """Fold the constants a removed branch leaves behind into the op that joins it (usually an Add)."""
     import onnx_graphsurgeon as gs
 
@@ -232,7 +232,7 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, S
         if rule is not None and rule.rewrite is not None and node.name not in removed:
             rule.rewrite(node, rw)
     if removed:
-        _fold_after_removal(rw, removed)
+        _fold_after_removal(rw)
     del graph.value_info[:]
     try:
         model = infer_shapes(rw.model, check_type=True)
