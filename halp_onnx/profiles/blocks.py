@@ -95,13 +95,14 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
             blocks.append(Block(node.name, fused, sig, node.input[0], last, int(in_shape[-1]), int(out_shape[-1])))
         elif analysis.labels.get(out) is not None and len(out_shape) >= 2:
             per_channel = int(np.prod(out_shape)) // max(int(np.prod(analysis.labels[out].ids.shape)), 1)
+            per_channel = max(per_channel // max(batch, 1), 1)
             kind = "Pool" if node.op_type in _POOL_OPS else "Elementwise"
             kernel = tuple(_attr(node, "kernel_shape", [])) if kind == "Pool" else ()
             sig = BlockSignature(op=kind, kernel=kernel, stride=tuple(_attr(node, "strides", [1] * len(kernel))),
                                  pads=tuple(_attr(node, "pads", [0] * 2 * len(kernel))),
                                  dilation=(1,) * len(kernel), groups="depthwise",
                                  in_hw=tuple(int(d) for d in in_shape[2:]) if kind == "Pool" else (per_channel,),
-                                 batch=batch, dtype=_dtype(precision))
+                                 batch=batch, dtype=_dtype(precision), epilogue=(node.op_type,))
             width = int(analysis.labels[out].ids.size)
             blocks.append(Block(node.name, (), sig, out, out, width, width))
     return blocks

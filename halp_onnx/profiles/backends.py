@@ -1,0 +1,193 @@
+"""Backends that time one block (and a whole model) for a target.
+
+Every backend exposes ``measure(signature, c_in, c_out) -> ms`` (the one-block model of
+:mod:`~halp_onnx.profiles.block_model`), ``run_overhead_ms()`` (what one run of a trivial model costs:
+paid once per whole-model run, so a sum of block timings must not count it per block) and
+``time_model(model) -> Timing`` (end-to-end, for the ``latency`` command and the fidelity benchmark).
+
+* :class:`OrtCpuBackend`: onnxruntime's CPU provider, ``threads`` intra-op threads (1 by default).
+* :class:`TensorRTBackend`: a TensorRT engine per block (needs TensorRT and a GPU; clear error otherwise).
+* ``torch-cuda``: :mod:`halp_onnx.profiles.torch_cuda` (imports torch only when used).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import onnx
+
+from ..errors import HalpError
+from .block_model import block_feeds, block_model
+from .signature import BlockSignature
+from .targets import Target, get_target, target_status
+
+STAGE = "profiles"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Robust summary of repeated runs (ms)."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def time_callable(fn: Callable[[], object], *, budget_s: float = 0.1, min_runs: int = 5, max_runs: int = 500,
+                  warmup: int = 2) -> Timing:
+    """Warm up, then run ``fn`` until ``budget_s`` has passed and at least ``min_runs`` runs are in;
+    the median is the figure (robust to the other tenants of a shared machine)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1e3
+    return Timing(float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90)), len(ms))
+
+
+class Backend(Protocol):
+    name: str
+
+    def measure(self, sig: BlockSignature, c_in: int, c_out: int) -> float: ...
+
+    def run_overhead_ms(self) -> float: ...
+
+    def time_model(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None, *,
+                   budget_s: float = 2.0) -> Timing: ...
+
+
+def _null_model() -> onnx.ModelProto:
+    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "null",
+                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+class OrtCpuBackend:
+    """Times models in onnxruntime's CPUExecutionProvider with default graph optimisations."""
+
+    name = "ort-cpu"
+
+    def __init__(self, threads: int = 1, *, budget_s: float = 0.1, min_runs: int = 5):
+        import onnxruntime  # noqa: F401  (a core dependency; imported here to keep module import light)
+
+        if threads < 1:
+            raise HalpError(f"--threads {threads}: expected a positive count", stage=STAGE)
+        self.threads = threads
+        self.budget_s = budget_s
+        self.min_runs = min_runs
+        self._overhead: float | None = None
+
+    def session(self, model: onnx.ModelProto):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+    def _time(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_s: float) -> Timing:
+        sess = self.session(model)
+        return time_callable(lambda: sess.run(None, feeds), budget_s=budget_s, min_runs=self.min_runs)
+
+    def measure(self, sig: BlockSignature, c_in: int, c_out: int) -> float:
+        model = block_model(sig, c_in, c_out)
+        return self._time(model, block_feeds(model), self.budget_s).median_ms
+
+    def run_overhead_ms(self) -> float:
+        if self._overhead is None:
+            m = _null_model()
+            self._overhead = self._time(m, {"x": np.ones((1, 1), np.float32)}, 0.2).median_ms
+        return self._overhead
+
+    def time_model(self, model: onnx.ModelProto | str, feeds: dict[str, np.ndarray] | None = None, *,
+                   budget_s: float = 2.0) -> Timing:
+        if not isinstance(model, onnx.ModelProto):
+            model = onnx.load(str(model))
+        if feeds is None:
+            feeds = block_feeds_for(model)
+        return self._time(model, feeds, budget_s)
+
+
+def block_feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for any model with static input shapes (clear error otherwise)."""
+    rng = np.random.default_rng(seed)
+    init = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            raise HalpError(f"input {vi.name!r} has dynamic dims; give --input-shape {vi.name}:1x3x224x224",
+                            stage=STAGE)
+        shape = [d.dim_value for d in dims]
+        et = vi.type.tensor_type.elem_type
+        if et == onnx.TensorProto.FLOAT16:
+            feeds[vi.name] = rng.standard_normal(shape).astype(np.float16)
+        elif et in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            feeds[vi.name] = np.zeros(shape, dtype=np.int64 if et == onnx.TensorProto.INT64 else np.int32)
+        else:
+            feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+class TensorRTBackend:
+    """One TensorRT engine per block (Python API), timed with CUDA events; needs TensorRT and a GPU."""
+
+    name = "tensorrt"
+
+    def __init__(self, precision: str = "fp16", *, iters: int = 100):
+        from .tensorrt import TrtBackend
+
+        self.trt = TrtBackend()
+        self.precision = precision
+        self.iters = iters
+        ok, reason = self.trt.available()
+        if not ok:
+            raise HalpError(f"cannot measure on TensorRT here: {reason}", stage=STAGE)
+
+    def measure(self, sig: BlockSignature, c_in: int, c_out: int) -> float:
+        m = self.trt.measure_onnx(block_model(sig, c_in, c_out), self.precision, warmup=10, iters=self.iters)
+        return m.median_ms
+
+    def run_overhead_ms(self) -> float:
+        return self.trt.measure_onnx(_null_model(), self.precision, warmup=10, iters=self.iters).median_ms
+
+    def time_model(self, model, feeds=None, *, budget_s: float = 2.0) -> Timing:
+        m = self.trt.measure_onnx(model, self.precision, warmup=20, iters=200)
+        arr = np.asarray(m.samples_ms)
+        return Timing(float(np.median(arr)), float(np.percentile(arr, 10)), float(np.percentile(arr, 90)), len(arr))
+
+
+def get_backend(target: str | Target, *, threads: int = 1) -> Backend:
+    """The measuring backend of ``target`` on this machine, or a one-line error saying why not."""
+    t = get_target(target)
+    ok, reason = target_status(t)
+    if t.backend == "ort-cpu":
+        return OrtCpuBackend(threads)
+    if not ok:
+        raise HalpError(f"--target {t.name}: cannot measure here ({reason})", stage=STAGE)
+    if t.backend == "tensorrt":
+        return TensorRTBackend(t.precision)
+    if t.backend == "torch-cuda":
+        from .torch_cuda import TorchCudaBackend
+
+        return TorchCudaBackend(precision=t.precision)
+    raise HalpError(f"--target {t.name}: measuring with backend {t.backend} is not supported; "
+                    "use ort-cpu, torch-cuda or a trt-* target", stage=STAGE)

@@ -1,0 +1,309 @@
+"""Latency of a model from a target's profile: profiling on demand, and prediction.
+
+:func:`latency_model` gives a :class:`LatencyModel` for a model on a target: the measured tables of
+the target's profile (measuring what is missing, with a progress bar, saving after each signature),
+or the analytic roofline for a GPU that is not here (every figure then labelled *estimated*).
+:func:`predict` sums the blocks of a model at given widths: ``sum(block - overhead) + overhead``,
+because a one-block model pays the per-run overhead that a whole model pays once.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import HalpError
+from ..passes.channel_groups import ChannelAnalysis
+from ..passes.load import LoadedModel
+from . import analytic
+from .blocks import Block, block_widths, model_blocks
+from .signature import MEMORY_BOUND_OPS, BlockSignature
+from .store import Profile, find_profile, lock, profile_name, read_profile, write_profile, merge_tables
+from .table import LatencyTable, sample
+from .targets import Target, device_fingerprint, get_target, target_status
+
+STAGE = "profiles"
+
+
+def profile_fingerprint(target: Target, *, threads: int = 1) -> dict[str, Any]:
+    """The flat fingerprint a profile is matched on (device, runtime versions, settings)."""
+    fp = device_fingerprint(target)
+    v = fp.get("versions", {})
+    gpu = fp.get("gpu") or {}
+    flat = {"cpu": fp.get("cpu"), "machine": fp.get("machine"), "gpu_name": gpu.get("name"),
+            "onnxruntime": v.get("onnxruntime") if target.backend.startswith("ort") else None,
+            "tensorrt": v.get("tensorrt") if target.backend == "tensorrt" else None,
+            "torch": v.get("torch") if target.backend == "torch-cuda" else None,
+            "threads": threads if target.backend == "ort-cpu" else None,
+            "precision": target.precision, "batch": target.batch}
+    if target.backend != "ort-cpu":
+        flat["cpu"] = flat["machine"] = None
+        flat["driver"] = gpu.get("driver")
+    return flat
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What one signature's table must cover for a model."""
+
+    c_in_max: int
+    c_out_max: int
+    vary_in: bool
+    vary_out: bool
+    diagonal: bool
+    c_in_multiple: int
+    smooth: bool = False
+
+    def table(self) -> LatencyTable:
+        return LatencyTable(self.c_in_max, self.c_out_max, self.vary_in, self.vary_out, self.diagonal,
+                            self.c_in_multiple, self.smooth)
+
+    def grow(self, other: "Domain") -> "Domain":
+        return Domain(max(self.c_in_max, other.c_in_max), max(self.c_out_max, other.c_out_max),
+                      self.vary_in or other.vary_in, self.vary_out or other.vary_out, self.diagonal and other.diagonal,
+                      max(self.c_in_multiple, other.c_in_multiple), self.smooth and other.smooth)
+
+
+def _varies(analysis: ChannelAnalysis, tensor: str) -> bool:
+    lab = analysis.labels.get(tensor)
+    if lab is None:
+        return False
+    ids = lab.ids[lab.ids >= 0]
+    if not ids.size:
+        return False
+    prunable = {g.id for g in analysis.prunable}
+    return any(int(g) in prunable for g in np.unique(analysis.channel_group[ids]))
+
+
+def domains(blocks: Sequence[Block], analysis: ChannelAnalysis) -> dict[str, Domain]:
+    out: dict[str, Domain] = {}
+    for b in blocks:
+        sig = b.signature
+        diagonal = sig.op in MEMORY_BOUND_OPS or sig.is_depthwise
+        d = Domain(b.c_in, b.c_out, _varies(analysis, b.in_tensor), _varies(analysis, b.out_tensor), diagonal,
+                   sig.channels_per_group or 1 if sig.groups.startswith("grouped") else 1)
+        if diagonal:
+            d = Domain(b.c_in, b.c_out, d.vary_out or d.vary_in, d.vary_out or d.vary_in, True, 1,
+                       sig.op in MEMORY_BOUND_OPS)
+        key = sig.key()
+        out[key] = out[key].grow(d) if key in out else d
+    return out
+
+
+class LatencyModel:
+    """Block latency (ms) by signature and widths, from a measured profile or the analytic model."""
+
+    def __init__(self, target: Target, profile: Profile | None, *, path=None):
+        self.target = target
+        self.profile = profile
+        self.path = path
+        self.estimated = profile is None or profile.estimated
+
+    @property
+    def overhead_ms(self) -> float:
+        return self.profile.overhead_ms if self.profile is not None else 0.0
+
+    @property
+    def label(self) -> str:
+        return analytic.LABEL if self.estimated else "measured"
+
+    def block_ms(self, sig: BlockSignature, c_in: int, c_out: int) -> float:
+        if c_in <= 0 or c_out <= 0:
+            return 0.0
+        if self.profile is None:
+            return analytic.estimate_ms(sig, c_in, c_out, self.target.gpu_spec)
+        table = self.profile.tables.get(sig.key())
+        if table is None:
+            raise HalpError(f"profile {self.profile.name}: no table for block {sig.key()}; run "
+                            f"halp-onnx profile MODEL --target {self.target.name}", stage=STAGE)
+        return max(table.lookup(c_in, c_out) - self.overhead_ms, 0.0)
+
+    def is_measured(self, sig: BlockSignature, c_in: int, c_out: int) -> bool:
+        if self.profile is None:
+            return False
+        table = self.profile.tables.get(sig.key())
+        return bool(table and table.is_measured(c_in, c_out))
+
+    def step(self, sig: BlockSignature) -> int:
+        if self.profile is None:
+            return analytic.step_size(sig, self.target.gpu_spec)
+        table = self.profile.tables.get(sig.key())
+        return table.step if table is not None else 1
+
+
+@dataclass(frozen=True)
+class BlockLatency:
+    node: str
+    op: str
+    signature: str
+    c_in: int
+    c_out: int
+    ms: float
+    measured_point: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted latency of a model: the per-block terms and the total (ms)."""
+
+    total_ms: float
+    overhead_ms: float
+    blocks: tuple[BlockLatency, ...]
+    label: str  # "measured" (table of measurements) | "estimated" (analytic)
+
+    def to_dict(self) -> dict:
+        return {"predicted_ms": self.total_ms, "overhead_ms": self.overhead_ms, "label": self.label,
+                "blocks": [b.to_dict() for b in self.blocks]}
+
+
+def predict(blocks: Sequence[Block], lm: LatencyModel, analysis: ChannelAnalysis | None = None,
+            kept: np.ndarray | None = None) -> Prediction:
+    """Latency of the model whose blocks are ``blocks`` with ``kept`` channels (dense when None)."""
+    rows = []
+    for b in blocks:
+        ci, co = (b.c_in, b.c_out) if kept is None else block_widths(analysis, kept, b)
+        ms = lm.block_ms(b.signature, ci, co) if ci > 0 and co > 0 else 0.0
+        rows.append(BlockLatency(b.node, b.signature.op, b.signature.key(), ci, co, ms,
+                                 lm.is_measured(b.signature, ci, co)))
+    total = sum(r.ms for r in rows) + lm.overhead_ms
+    return Prediction(total, lm.overhead_ms, tuple(rows), lm.label)
+
+
+# ---------------------------------------------------------------------------------------- profiling
+@dataclass(frozen=True)
+class ProfileRun:
+    """What :func:`latency_model` did: the model to use and the measuring it took."""
+
+    model: LatencyModel
+    path: str | None
+    signatures: int
+    new_points: int
+    reused_points: int
+    seconds: float
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return {"target": self.model.target.name, "label": self.model.label, "path": self.path,
+                "signatures": self.signatures, "new_points": self.new_points, "reused_points": self.reused_points,
+                "seconds": round(self.seconds, 3)}
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]profiling[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+
+
+def _expected_points(d: Domain) -> int:
+    if d.diagonal:
+        return (6 if d.smooth else 36) if d.vary_out else 1
+    n = 1
+    if d.vary_out:
+        n += 33 + 4
+    if d.vary_in:
+        n += 4 + 7
+    if d.vary_in and d.vary_out:
+        n += 20
+    return n
+
+
+def model_batch(loaded: LoadedModel) -> int:
+    """The batch size of the model's first input (1 when it has no leading dim)."""
+    first = next((i.name for i in loaded.model.graph.input), None)
+    shape = loaded.shapes.get(first) if first else None
+    return int(shape[0]) if shape and isinstance(shape[0], (int, np.integer)) and shape[0] > 0 else 1
+
+
+def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | Target, *, threads: int = 1,
+                  measure: bool | None = None, progress: bool = False, remeasure: bool = False,
+                  backend=None, blocks: Sequence[Block] | None = None, profile_path=None) -> ProfileRun:
+    """The latency model of ``loaded`` on ``target``, profiling whatever the cached profile lacks.
+
+    ``measure=None``: measure when the target can run here, else fall back to the analytic model for a
+    named GPU (estimated) or fail with the reason. ``measure=True`` insists on measuring (clear error
+    where it cannot); ``measure=False`` never measures (analytic for GPUs; error for ort-cpu without a
+    complete profile)."""
+    t0 = time.perf_counter()
+    t = get_target(target)
+    batch = model_batch(loaded)
+    t = t.with_batch(batch) if batch != t.batch else t
+    blocks = list(blocks) if blocks is not None else model_blocks(loaded, analysis, precision=t.precision)
+    available, reason = target_status(t)
+    if measure is None:
+        measure = available or t.gpu is None
+    if not measure:
+        if t.gpu is not None:
+            return ProfileRun(LatencyModel(t, None), None, len({b.signature.key() for b in blocks}), 0, 0,
+                              time.perf_counter() - t0, (f"{t.name}: {reason}; latencies are analytic estimates",))
+    if measure and not available:
+        raise HalpError(f"--target {t.name}: cannot measure here: {reason}", stage=STAGE)
+
+    name = profile_name(t.name, threads=threads, batch=t.batch)
+    fp = profile_fingerprint(t, threads=threads)
+    if profile_path is not None:
+        from pathlib import Path
+
+        path = Path(profile_path)
+        prof = read_profile(path) if path.is_file() else None
+    else:
+        prof, path = find_profile(name, fp)
+    if prof is None or remeasure:
+        prof = Profile(name=name, target=t.name, precision=t.precision, batch=t.batch, threads=threads,
+                       estimated=False, fingerprint=fp)
+    doms = domains(blocks, analysis)
+    todo = {k: d for k, d in doms.items()
+            if remeasure or k not in prof.tables or not prof.tables[k].covers(d.c_in_max, d.c_out_max)}
+    reused = sum(len(prof.tables[k].points) for k in doms if k in prof.tables)
+    new = 0
+    if todo:
+        if not measure:
+            raise HalpError(f"--target {t.name}: the profile lacks {len(todo)} block signature(s) and measuring "
+                            "is off", stage=STAGE)
+        if backend is None:
+            from .backends import get_backend
+
+            backend = get_backend(t, threads=threads)
+        prof.overhead_ms = backend.run_overhead_ms() if not prof.overhead_ms or remeasure else prof.overhead_ms
+        with _progress(progress) as bar:
+            task = bar.add_task("", total=sum(_expected_points(d) for d in todo.values())) if bar else None
+            done_expected = 0
+            for i, (key, d) in enumerate(sorted(todo.items())):
+                sig = BlockSignature.from_key(key)
+                old = prof.tables.get(key)
+                table = d.table()
+                if old is not None and not remeasure:
+                    table.points.update(old.points)
+                before = len(table.points)
+                if bar:
+                    bar.update(task, description=f"{sig.op} {'x'.join(map(str, sig.kernel)) or ''} "
+                                                 f"in={'x'.join(map(str, sig.in_hw))} ({i + 1}/{len(todo)})")
+
+                def tick():
+                    if bar:
+                        bar.advance(task)
+
+                sample(table, lambda ci, co, s=sig: backend.measure(s, ci, co), on_point=tick)
+                new += len(table.points) - before
+                prof.tables[key] = table
+                done_expected += _expected_points(d)
+                if bar:
+                    bar.update(task, completed=done_expected)
+                with lock(path):  # another profiler may have saved meanwhile: keep its points too
+                    if path.is_file():
+                        try:
+                            merge_tables(prof, read_profile(path)) if not remeasure else None
+                        except HalpError:
+                            pass
+                    write_profile(prof, path)
+    return ProfileRun(LatencyModel(t, prof, path=path), str(path), len(doms), new, reused,
+                      time.perf_counter() - t0)

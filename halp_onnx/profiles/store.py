@@ -1,0 +1,163 @@
+"""Profile files: ``<name>.json`` per target (plain JSON, schema-versioned, never pickle).
+
+A :class:`Profile` holds one :class:`~halp_onnx.profiles.table.LatencyTable` per block signature,
+the device fingerprint it was measured on, the per-run overhead and whether its figures are
+measured or *estimated* (analytic). Shipped profiles live in ``hw_profiles/`` beside the package;
+profiles a user measures go to the user cache directory (``$HALP_ONNX_PROFILE_DIR`` overrides it).
+Writes are atomic (temp file + rename) under a file lock, so two profilers of one target never
+corrupt the file; the profiler saves after every signature, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import HalpError
+from .table import LatencyTable
+
+STAGE = "profiles"
+SCHEMA = "halp-onnx/profile@1"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
+# fingerprint fields that must match for a profile to be used without re-measuring
+MATCH_KEYS = ("cpu", "machine", "gpu_name", "onnxruntime", "tensorrt", "torch", "threads", "precision", "batch")
+
+
+def user_dir() -> Path:
+    env = os.environ.get("HALP_ONNX_PROFILE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("halp-onnx")) / "profiles"
+
+
+def profile_name(target: str, *, threads: int = 1, batch: int = 1) -> str:
+    name = target
+    if batch != 1:
+        name += f"-b{batch}"
+    if threads != 1:
+        name += f"-t{threads}"
+    return name
+
+
+@dataclass
+class Profile:
+    """Latency tables of one target on one device."""
+
+    name: str
+    target: str
+    precision: str
+    batch: int
+    threads: int
+    estimated: bool
+    fingerprint: dict[str, Any]
+    overhead_ms: float = 0.0
+    tables: dict[str, LatencyTable] = field(default_factory=dict)
+    created: str = ""
+    updated: str = ""
+
+    def match_key(self) -> dict[str, Any]:
+        return {k: self.fingerprint.get(k) for k in MATCH_KEYS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "name": self.name, "target": self.target, "precision": self.precision,
+                "batch": self.batch, "threads": self.threads, "estimated": self.estimated,
+                "fingerprint": self.fingerprint, "overhead_ms": self.overhead_ms, "created": self.created,
+                "updated": self.updated, "tables": {k: t.to_dict() for k, t in sorted(self.tables.items())}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<profile>") -> Profile:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise HalpError(f"{source}: not a halp-onnx profile of schema {SCHEMA} (found {got!r})", stage=STAGE)
+        try:
+            tables = {k: LatencyTable.from_dict(v) for k, v in data["tables"].items()}
+            return cls(name=data["name"], target=data["target"], precision=data["precision"], batch=int(data["batch"]),
+                       threads=int(data["threads"]), estimated=bool(data["estimated"]),
+                       fingerprint=dict(data["fingerprint"]), overhead_ms=float(data["overhead_ms"]), tables=tables,
+                       created=data.get("created", ""), updated=data.get("updated", ""))
+        except (KeyError, TypeError, ValueError, HalpError) as exc:
+            raise HalpError(f"{source}: malformed profile ({exc})", stage=STAGE) from None
+
+    @property
+    def measured_points(self) -> int:
+        return sum(len(t.points) for t in self.tables.values())
+
+
+def read_profile(path: str | os.PathLike) -> Profile:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise HalpError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})", stage=STAGE) from None
+    except OSError as exc:
+        raise HalpError(f"{p}: cannot read ({exc.strerror})", stage=STAGE) from None
+    return Profile.from_dict(data, str(p))
+
+
+def lock(path: Path):
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock", timeout=600)
+
+
+def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
+    """Atomically write ``profile`` (call under :func:`lock` when other processes may write it)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    profile.created = profile.created or now
+    profile.updated = now
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(profile.to_dict(), fh, indent=1, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def merge_tables(into: Profile, other: Profile) -> None:
+    """Points another process saved meanwhile join ours (same signature: union of points)."""
+    for key, table in other.tables.items():
+        mine = into.tables.get(key)
+        if mine is None:
+            into.tables[key] = table
+        else:
+            for k, v in table.points.items():
+                mine.points.setdefault(k, v)
+            if table.complete and not mine.complete and (table.c_in_max, table.c_out_max) == (mine.c_in_max,
+                                                                                               mine.c_out_max):
+                into.tables[key] = table
+
+
+def find_profile(name: str, fingerprint: dict[str, Any], *, shipped_dir: Path | None = None,
+                 warn: bool = True) -> tuple[Profile | None, Path]:
+    """The usable profile called ``name``: the user's, else a shipped one measured on a matching
+    device; returns ``(profile or None, path a new measurement should be saved to)``. A profile of
+    another device or runtime is never used silently: it is skipped with a warning."""
+    user_path = user_dir() / f"{name}.json"
+    want = {k: fingerprint.get(k) for k in MATCH_KEYS}
+    for path in (user_path, (shipped_dir or SHIPPED_DIR) / f"{name}.json"):
+        if not path.is_file():
+            continue
+        prof = read_profile(path)
+        have = prof.match_key()
+        diff = {k: (have.get(k), want.get(k)) for k in MATCH_KEYS if have.get(k) != want.get(k)}
+        if not diff:
+            return prof, user_path
+        if warn:
+            what = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
+            warnings.warn(f"{path}: profile measured on another device or runtime ({what}); not used, "
+                          "re-measuring", stacklevel=2)
+    return None, user_path
