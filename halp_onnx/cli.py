@@ -39,13 +39,26 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--out", required=True, help="output .onnx path")
     pr.add_argument("--report", help="also write a JSON report here")
     pr.add_argument("--input-shape", action="append", metavar="NAME:SHAPE", help=shape_help)
+
+    from . import cli_profile
+
+    cli_profile.add_parsers(sub)
+    try:
+        from . import cli_finetune
+    except ImportError:  # pragma: no cover - the module is part of the package
+        cli_finetune = None
+    if cli_finetune is not None:
+        cli_finetune.add_parser(sub).set_defaults(run=cli_finetune.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"example": _example, "inspect": _inspect, "prune": _prune}[args.command](args)
+        builtin = {"example": _example, "inspect": _inspect, "prune": _prune}
+        if args.command in builtin:
+            return builtin[args.command](args)
+        return args.run(args)
     except HalpError as err:
         print(f"halp-onnx: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -135,6 +135,10 @@ def block_model(sig: BlockSignature, c_in: int, c_out: int, *, seed: int = 0) ->
     graph = helper.make_graph(nodes, "block", inputs, [helper.make_tensor_value_info("y", dt, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="halp-onnx")
     model.ir_version = 8
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    y_info = next(v for v in inferred.graph.value_info if v.name == "y") if not any(
+        o.type.tensor_type.HasField("shape") for o in inferred.graph.output) else inferred.graph.output[0]
+    model.graph.output[0].CopyFrom(y_info)
     return model
 
 

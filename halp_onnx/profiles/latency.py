@@ -292,7 +292,8 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
                     if bar:
                         bar.advance(task)
 
-                sample(table, lambda ci, co, s=sig: backend.measure(s, ci, co), on_point=tick)
+                dense = tuple(sorted({(b.c_in, b.c_out) for b in blocks if b.signature.key() == key}))
+                sample(table, lambda ci, co, s=sig: backend.measure(s, ci, co), on_point=tick, extra=dense)
                 new += len(table.points) - before
                 prof.tables[key] = table
                 done_expected += _expected_points(d)

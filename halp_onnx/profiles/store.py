@@ -120,6 +120,9 @@ def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
         with os.fdopen(fd, "w") as fh:
             json.dump(profile.to_dict(), fh, indent=1, sort_keys=False)
             fh.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

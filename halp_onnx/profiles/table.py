@@ -213,8 +213,10 @@ def _refine(axis: list[int], step: int, value: Callable[[int], float], depth: in
     return out
 
 
-def sample(table: LatencyTable, measure: Measure, *, on_point: Callable[[], None] | None = None) -> LatencyTable:
-    """Fill ``table`` (its domain set, ``points`` possibly holding earlier measurements) in place."""
+def sample(table: LatencyTable, measure: Measure, *, on_point: Callable[[], None] | None = None,
+           extra: tuple[tuple[int, int], ...] = ()) -> LatencyTable:
+    """Fill ``table`` (its domain set, ``points`` possibly holding earlier measurements) in place;
+    ``extra`` points (e.g. each block's dense widths) are measured too."""
 
     def t(ci: int, co: int) -> float:
         k = _key(ci, co)
@@ -225,6 +227,8 @@ def sample(table: LatencyTable, measure: Measure, *, on_point: Callable[[], None
         return table.points[k]
 
     ci_max, co_max = table.c_in_max, table.c_out_max
+    for ci, co in extra:
+        t(ci, co)
     if table.diagonal:
         d = table.diag_in
         window = 0 if table.smooth else SCAN
