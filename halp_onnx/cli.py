@@ -40,9 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--report", help="also write a JSON report here")
     pr.add_argument("--input-shape", action="append", metavar="NAME:SHAPE", help=shape_help)
 
-    from . import cli_profile
+    from . import cli_compile, cli_profile
 
     cli_profile.add_parsers(sub)
+    cli_compile.add_parser(sub)
     try:
         from . import cli_finetune
     except ImportError:  # pragma: no cover - the module is part of the package

@@ -119,6 +119,8 @@ class LatencyModel:
         if table is None:
             raise HalpError(f"profile {self.profile.name}: no table for block {sig.key()}; run "
                             f"halp-onnx profile MODEL --target {self.target.name}", stage=STAGE)
+        if self.profile.block_time == "kernel":
+            return table.lookup(c_in, c_out) + self.profile.node_overhead_ms
         return max(table.lookup(c_in, c_out) - self.overhead_ms, 0.0)
 
     def is_measured(self, sig: BlockSignature, c_in: int, c_out: int) -> bool:
@@ -262,7 +264,8 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
                        estimated=False, fingerprint=fp)
     doms = domains(blocks, analysis)
     todo = {k: d for k, d in doms.items()
-            if remeasure or k not in prof.tables or not prof.tables[k].covers(d.c_in_max, d.c_out_max)}
+            if remeasure or k not in prof.tables
+            or not prof.tables[k].covers(d.c_in_max, d.c_out_max, d.vary_in, d.vary_out)}
     reused = sum(len(prof.tables[k].points) for k in doms if k in prof.tables)
     new = 0
     if todo:
@@ -273,7 +276,10 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
             from .backends import get_backend
 
             backend = get_backend(t, threads=threads)
-        prof.overhead_ms = backend.run_overhead_ms() if not prof.overhead_ms or remeasure else prof.overhead_ms
+        if not prof.overhead_ms or remeasure:
+            prof.overhead_ms = backend.run_overhead_ms()
+            prof.block_time = getattr(backend, "block_time", "run")
+            prof.node_overhead_ms = backend.node_overhead_ms() if prof.block_time == "kernel" else 0.0
         with _progress(progress) as bar:
             task = bar.add_task("", total=sum(_expected_points(d) for d in todo.values())) if bar else None
             done_expected = 0

@@ -57,7 +57,9 @@ class Profile:
     threads: int
     estimated: bool
     fingerprint: dict[str, Any]
-    overhead_ms: float = 0.0
+    overhead_ms: float = 0.0  # per run
+    node_overhead_ms: float = 0.0  # per block, when block times are kernel times
+    block_time: str = "run"  # "run": a block's table value is a whole one-block run; "kernel": its kernels only
     tables: dict[str, LatencyTable] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
@@ -68,7 +70,8 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "name": self.name, "target": self.target, "precision": self.precision,
                 "batch": self.batch, "threads": self.threads, "estimated": self.estimated,
-                "fingerprint": self.fingerprint, "overhead_ms": self.overhead_ms, "created": self.created,
+                "fingerprint": self.fingerprint, "overhead_ms": self.overhead_ms,
+                "node_overhead_ms": self.node_overhead_ms, "block_time": self.block_time, "created": self.created,
                 "updated": self.updated, "tables": {k: t.to_dict() for k, t in sorted(self.tables.items())}}
 
     @classmethod
@@ -80,7 +83,9 @@ class Profile:
             tables = {k: LatencyTable.from_dict(v) for k, v in data["tables"].items()}
             return cls(name=data["name"], target=data["target"], precision=data["precision"], batch=int(data["batch"]),
                        threads=int(data["threads"]), estimated=bool(data["estimated"]),
-                       fingerprint=dict(data["fingerprint"]), overhead_ms=float(data["overhead_ms"]), tables=tables,
+                       fingerprint=dict(data["fingerprint"]), overhead_ms=float(data["overhead_ms"]),
+                       node_overhead_ms=float(data.get("node_overhead_ms", 0.0)),
+                       block_time=str(data.get("block_time", "run")), tables=tables,
                        created=data.get("created", ""), updated=data.get("updated", ""))
         except (KeyError, TypeError, ValueError, HalpError) as exc:
             raise HalpError(f"{source}: malformed profile ({exc})", stage=STAGE) from None

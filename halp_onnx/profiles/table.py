@@ -153,8 +153,16 @@ class LatencyTable:
         except TypeError as exc:
             raise HalpError(f"latency table: bad entry ({exc})", stage=STAGE) from None
 
-    def covers(self, c_in_max: int, c_out_max: int) -> bool:
-        return self.complete and self.c_in_max == c_in_max and self.c_out_max == c_out_max
+    def covers(self, c_in_max: int, c_out_max: int, vary_in: bool = False, vary_out: bool = False) -> bool:
+        """Whether this table answers every width up to these maxima (a pruned model reuses the
+        table of its dense original)."""
+        if not self.complete or c_in_max > self.c_in_max or c_out_max > self.c_out_max:
+            return False
+        if (vary_in and not self.vary_in and c_in_max != self.c_in_max) or (
+                vary_out and not self.vary_out and c_out_max != self.c_out_max):
+            return False
+        fixed_ok = (self.vary_in or c_in_max == self.c_in_max) and (self.vary_out or c_out_max == self.c_out_max)
+        return fixed_ok
 
     def summary(self) -> dict[str, Any]:
         return {"step": self.step, "measured_points": len(self.points), "c_in_max": self.c_in_max,

@@ -1,0 +1,146 @@
+"""``halp-onnx compile``: HALP latency-constrained pruning, end to end."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import HalpError
+
+STAGE = "cli"
+
+
+def add_parser(sub):
+    from .cli_profile import add_model_options
+
+    p = sub.add_parser("compile", help="prune to a latency budget on a target (HALP knapsack), verify, write")
+    p.add_argument("model")
+    add_model_options(p)
+    p.add_argument("--latency", required=True,
+                   help="budget: a share of the dense model's latency (0.5, 50%%) or a time (3.2ms)")
+    p.add_argument("-o", "--out", required=True, help="output .onnx path")
+    p.add_argument("--report", help="write a JSON report here")
+    p.add_argument("--html", help="write an HTML report with plots here")
+    p.add_argument("--engine", help="also build a TensorRT engine of the result here (trt-* targets, TensorRT needed)")
+    p.add_argument("--calib", help="calibration data for Taylor importance: .npz (input arrays or images[, labels]) "
+                                   "or an image folder; without it, magnitude importance")
+    p.add_argument("--mean", default="0.485,0.456,0.406", help="preprocessing mean of --calib images ([0,1] pixels)")
+    p.add_argument("--std", default="0.229,0.224,0.225", help="preprocessing std of --calib images")
+    p.add_argument("--size", help="resize --calib images to this size (H or HxW)")
+    p.add_argument("--calib-samples", type=int, default=2000, help="calibration images to use (default 2000)")
+    p.add_argument("--solver", default="exact", choices=("exact", "augmented"),
+                   help="exact multiple-choice knapsack (default) or the paper's augmented greedy")
+    p.add_argument("--min-keep", type=float, default=0.1, help="smallest share of a group's channels kept (default 0.1)")
+    p.add_argument("--no-removal", action="store_true", help="never prune a group to zero (no block removal)")
+    p.add_argument("--prune-first", action="store_true", help="also prune the first layer's output channels")
+    p.add_argument("--no-measure", action="store_true", help="do not time the models on the target")
+    p.add_argument("--profile", help="profile JSON to use/extend (default: the user cache, then hw_profiles/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+    return p
+
+
+def _check_output(model: str, out: str | None, option: str) -> None:
+    if out is None:
+        return
+    if Path(out).resolve() == Path(model).resolve():
+        raise HalpError(f"{option} {out}: the output path is the input model; choose another file", stage=STAGE)
+    if Path(out).is_dir():
+        raise HalpError(f"{option} {out}: is a directory", stage=STAGE)
+    if not Path(out).resolve().parent.is_dir():
+        raise HalpError(f"{option} {out}: folder {Path(out).parent} does not exist", stage=STAGE)
+
+
+def _atomic_text(path: str, text: str) -> None:
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(p)
+
+
+def run(args) -> int:
+    from .cli_profile import input_shapes, resolve_target
+    from .compiler import compile, parse_latency
+    from .data import parse_floats, parse_size
+    from .passes.rewrite import save_model
+    from .profiles.targets import target_status
+
+    for option, value in (("-o", args.out), ("--report", args.report), ("--html", args.html),
+                          ("--engine", args.engine)):
+        _check_output(args.model, value, option)
+    parse_latency(args.latency)
+    target = resolve_target(args)
+    if args.engine:
+        if target.backend != "tensorrt":
+            raise HalpError(f"--engine {args.engine}: only for TensorRT targets (trt-*), not {target.name}", stage=STAGE)
+        ok, reason = target_status(target)
+        if not ok:
+            raise HalpError(f"--engine {args.engine}: cannot build a TensorRT engine here ({reason})", stage=STAGE)
+    if args.calib is not None and not Path(args.calib).exists():
+        raise HalpError(f"--calib {args.calib}: no such file or folder", stage=STAGE)
+    mean = parse_floats(args.mean, "--mean", 3)
+    std = parse_floats(args.std, "--std", 3)
+    size = parse_size(args.size) if args.size else None
+    progress = not args.quiet and sys.stderr.isatty()
+    result = compile(args.model, target, args.latency, calib=args.calib, mean=mean, std=std, size=size,
+                     calib_samples=args.calib_samples, solver=args.solver, min_keep=args.min_keep,
+                     allow_removal=not args.no_removal, prune_first=args.prune_first, threads=args.threads,
+                     input_shapes=input_shapes(args.model, args.input_shape, args.batch),
+                     measure_result=not args.no_measure, progress=progress, profile_path=args.profile)
+    save_model(result.model, args.out)
+    written = [args.out]
+    if args.engine:
+        from .profiles.tensorrt import TrtBackend
+
+        TrtBackend().build_engine(result.model, args.engine, target.precision)
+        written.append(args.engine)
+    report = result.to_dict()
+    report["output"] = args.out
+    if args.report:
+        _atomic_text(args.report, json.dumps(report, indent=1))
+        written.append(args.report)
+    if args.html:
+        from .report_html import html_report
+
+        _atomic_text(args.html, html_report(result))
+        written.append(args.html)
+    print_summary(result)
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def print_summary(r) -> None:
+    est = r.label != "measured"
+    tag = " [ESTIMATED: analytic model, not measured]" if est else ""
+    print(f"{r.source} -> {r.target}{tag}: budget {r.latency_request}")
+    print(f"importance: {r.importance.method} ({r.importance.note})")
+    (p0, p1), (m0, m1) = r.rewrite.params, r.rewrite.macs
+    print(f"{'':22}{'dense':>14}{'pruned':>14}{'ratio':>8}")
+    print(f"{'params':22}{p0:>14,}{p1:>14,}{p1 / max(p0, 1):>8.3f}")
+    print(f"{'MACs':22}{m0:>14,}{m1:>14,}{m1 / max(m0, 1):>8.3f}")
+    word = "estimated" if est else "predicted"
+    print(f"{word + ' latency (ms)':22}{r.dense_predicted_ms:>14.4f}{r.predicted_ms:>14.4f}"
+          f"{r.predicted_ms / r.dense_predicted_ms:>8.3f}")
+    if r.measured_ms is not None:
+        print(f"{'measured latency (ms)':22}{r.dense_measured_ms:>14.4f}{r.measured_ms:>14.4f}"
+              f"{r.measured_ms / r.dense_measured_ms:>8.3f}   (speed-up {r.measured_speedup:.2f}x)")
+    print(f"{'group':>5} {'width':>13} {'step':>5} {'ms dense':>9} {'ms after':>9}  producers")
+    for g in r.groups:
+        if g.frozen:
+            continue
+        names = ", ".join(g.producers[:2]) + (f" (+{len(g.producers) - 2})" if len(g.producers) > 2 else "")
+        print(f"{g.group:>5} {g.size:>6} -> {g.kept:<4} {g.step:>5} {g.latency_dense_ms:>9.4f} {g.latency_ms:>9.4f}  "
+              f"{names}")
+    held = [g for g in r.groups if g.frozen]
+    if held:
+        print(f"{len(held)} prunable group(s) held dense: {held[0].frozen}")
+    s = r.solver
+    if "exact_value" in s:
+        print(f"knapsack: {s['solver']}, {s['rounds']} rounds, {s['items']} groups / {s['choices']} choices; "
+              f"objective exact {s['exact_value']:.4g} vs augmented {s['augmented_value']:.4g}")
+    if r.verification is not None:
+        print(f"verified: max relative error {r.verification.max_rel_error:.2e} "
+              f"(tolerance {r.verification.tolerance:g})")
+    print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.seconds.items()))
+    for w in r.warnings:
+        print(f"note: {w}")

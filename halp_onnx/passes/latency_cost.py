@@ -1,0 +1,170 @@
+"""Pass ``latency-cost``: per channel group, the allowed widths and the latency of each.
+
+Each timed block (:mod:`halp_onnx.profiles.blocks`) is *attributed* to one group: the group whose
+channels are its output channels (its producer side), else the group feeding its input, else
+nobody (a constant). A group's cost at width ``k`` is the sum of its blocks' latencies with the
+group at ``k`` and every other group at its current width, so the costs of all groups plus the
+constant add up to the model's predicted latency at the current widths. Because a block's
+latency also depends on its input side, the knapsack is re-solved with updated widths (HALP's
+approach) until the widths settle.
+
+Widths are multiples of the group's neuron-group size: the largest latency step (from the
+target's profile) among the blocks the group touches, kept between 8 and 64 choices per group; the dense width is always allowed, zero only where the rewrite can remove the branch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..profiles.blocks import Block
+from .channel_groups import ChannelAnalysis
+
+STAGE = "latency-cost"
+
+
+@dataclass(frozen=True)
+class Side:
+    """Width of one side of a block as a function of group widths: fixed + sum(count_g * w_g / size_g)."""
+
+    fixed: int
+    counts: tuple[tuple[int, int], ...]  # (group id, positions of that group on this side)
+
+    def width(self, widths: dict[int, int], sizes: dict[int, int]) -> int:
+        total = self.fixed
+        for g, n in self.counts:
+            w = widths.get(g, sizes[g])
+            total += n if w == sizes[g] else int(round(n * w / sizes[g]))
+        return total
+
+    def groups(self) -> tuple[int, ...]:
+        return tuple(g for g, _ in self.counts)
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    block: Block
+    c_in: Side
+    c_out: Side
+    owner: int | None  # the group this block's latency is attributed to
+
+
+@dataclass(frozen=True)
+class GroupChoices:
+    group: int
+    size: int
+    step: int
+    widths: tuple[int, ...]  # allowed kept counts, ascending, last = size
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Everything the knapsack loop needs, frozen; latencies come from ``block_ms``."""
+
+    blocks: tuple[BlockCost, ...]
+    choices: dict[int, GroupChoices]
+    sizes: dict[int, int]
+    frozen: dict[int, str] = field(default_factory=dict)  # prunable groups held dense, with the reason
+
+    def block_widths(self, bc: BlockCost, widths: dict[int, int]) -> tuple[int, int]:
+        return bc.c_in.width(widths, self.sizes), bc.c_out.width(widths, self.sizes)
+
+
+def _side(analysis: ChannelAnalysis, tensor: str, dense: int, prunable: set[int]) -> Side:
+    lab = analysis.labels.get(tensor)
+    if lab is None:
+        return Side(dense, ())
+    ids = lab.ids.reshape(lab.ids.shape[0], -1)[:, 0] if lab.ids.ndim > 1 else lab.ids
+    spread = ids.size != dense
+    flat = lab.ids.reshape(-1) if spread else ids
+    valid = flat[flat >= 0]
+    groups = analysis.channel_group[valid]
+    counts = []
+    moving = 0
+    for g in np.unique(groups):
+        if int(g) not in prunable:
+            continue
+        n = int((groups == g).sum())
+        if spread:  # channels spread over positions: scale to the dense width
+            n = int(round(dense * n / flat.size))
+        counts.append((int(g), n))
+        moving += n
+    return Side(dense - moving, tuple(counts))
+
+
+def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of, *, min_keep: float = 0.1,
+                     allow_removal: bool = True, frozen: dict[int, str] | None = None,
+                     max_step_share: int = 8, max_choices: int = 64) -> CostModel:
+    """Attribute blocks to groups and list each prunable group's allowed widths.
+
+    ``step_of(signature) -> int`` is the target's latency step for a block; ``frozen`` maps group ids
+    to the reason they stay dense (first conv, user choice)."""
+    frozen = dict(frozen or {})
+    prunable = {g.id for g in analysis.prunable if g.id not in frozen}
+    sizes = {g.id: g.size for g in analysis.groups}
+    costs = []
+    steps: dict[int, int] = {g: 1 for g in prunable}
+    for b in blocks:
+        cin = _side(analysis, b.in_tensor, b.c_in, prunable)
+        cout = _side(analysis, b.out_tensor, b.c_out, prunable)
+        owner = None
+        if cout.counts:
+            owner = max(cout.counts, key=lambda gc: gc[1])[0]
+        elif cin.counts:
+            owner = max(cin.counts, key=lambda gc: gc[1])[0]
+        costs.append(BlockCost(b, cin, cout, owner))
+        s = int(step_of(b.signature))
+        for g in set(cin.groups()) | set(cout.groups()):
+            steps[g] = max(steps[g], s)
+    choices = {}
+    for g in analysis.prunable:
+        if g.id in frozen:
+            continue
+        size = g.size
+        step = max(1, min(max(steps[g.id], math.ceil(size / max_choices)), size // max_step_share or 1))
+        lo = max(step, int(math.ceil(min_keep * size / step)) * step) if min_keep > 0 else step
+        widths = [w for w in range(step, size, step) if w >= lo] + [size]
+        if allow_removal and g.removable:
+            widths = [0] + widths
+        choices[g.id] = GroupChoices(g.id, size, step, tuple(sorted(set(widths))))
+    return CostModel(tuple(costs), choices, sizes, frozen)
+
+
+def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[int, np.ndarray], float]:
+    """Per group: latency (ms) of its attributed blocks at each allowed width, others at ``widths``;
+    and the latency of the blocks no group owns. ``block_ms(signature, c_in, c_out) -> ms``."""
+    per_group = {g: np.zeros(len(ch.widths)) for g, ch in cm.choices.items()}
+    constant = 0.0
+    for bc in cm.blocks:
+        sig = bc.block.signature
+        if bc.owner is None or bc.owner not in cm.choices:
+            ci, co = cm.block_widths(bc, widths)
+            constant += block_ms(sig, ci, co) if ci > 0 and co > 0 else 0.0
+            continue
+        g = bc.owner
+        row = per_group[g]
+        trial = dict(widths)
+        for j, w in enumerate(cm.choices[g].widths):
+            trial[g] = w
+            ci, co = cm.block_widths(bc, trial)
+            row[j] += block_ms(sig, ci, co) if ci > 0 and co > 0 else 0.0
+    return per_group, constant
+
+
+def total_latency(cm: CostModel, widths: dict[int, int], block_ms, overhead_ms: float = 0.0) -> float:
+    total = overhead_ms
+    for bc in cm.blocks:
+        ci, co = cm.block_widths(bc, widths)
+        total += block_ms(bc.block.signature, ci, co) if ci > 0 and co > 0 else 0.0
+    return total
+
+
+def ranked_values(analysis: ChannelAnalysis, scores: np.ndarray, choices: GroupChoices) -> tuple[np.ndarray, np.ndarray]:
+    """(channel indices of the group, most important first; kept importance at each allowed width)."""
+    members = np.nonzero(analysis.channel_group == choices.group)[0]
+    members = members[np.argsort(analysis.channel_index[members])]
+    order = members[np.argsort(-scores[members], kind="stable")]
+    cum = np.concatenate([[0.0], np.cumsum(scores[order])])
+    return analysis.channel_index[order], cum[np.asarray(choices.widths)]

@@ -1,0 +1,142 @@
+"""compile: budget parsing, cost attribution, knapsack rounds, outputs, errors, Taylor calibration."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import halp_onnx
+from halp_onnx.api import inspect
+from halp_onnx.cli import main
+from halp_onnx.compiler import calibration_batches, parse_latency
+from halp_onnx.errors import HalpError
+from halp_onnx.examples import example
+from halp_onnx.passes.latency_cost import build_cost_model, group_costs, total_latency
+from halp_onnx.passes.rewrite import save_model
+from halp_onnx.profiles.blocks import model_blocks
+from halp_onnx.profiles.latency import LatencyModel, predict
+from halp_onnx.profiles.targets import get_target
+
+
+@pytest.fixture(autouse=True)
+def profile_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HALP_ONNX_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setenv("HALP_ONNX_TIMING_BUDGET_S", "0.003")
+    return tmp_path / "profiles"
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    p = tmp_path_factory.mktemp("m") / "mobilenet.onnx"
+    save_model(example("mobilenet"), p)
+    return str(p)
+
+
+@pytest.mark.parametrize("text,expected", [("0.5", ("share", 0.5)), ("50%", ("share", 0.5)), ("3.2ms", ("ms", 3.2)),
+                                           ("1", ("share", 1.0)), (0.25, ("share", 0.25))])
+def test_parse_latency(text, expected):
+    assert parse_latency(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "fast", "-2ms", "0ms"])
+def test_parse_latency_rejects(bad):
+    with pytest.raises(HalpError, match="--latency"):
+        parse_latency(bad)
+
+
+def test_group_costs_add_up_to_the_prediction():
+    loaded, an = inspect(example("mobilenet"))
+    blocks = model_blocks(loaded, an, precision="fp16")
+    lm = LatencyModel(get_target("trt-t4"), None)
+    cm = build_cost_model(an, blocks, lm.step, min_keep=0.0)
+    rng = np.random.default_rng(0)
+    widths = {g: int(rng.choice([w for w in ch.widths if w > 0])) for g, ch in cm.choices.items()}
+    per_group, const = group_costs(cm, widths, lm.block_ms)
+    picked = sum(float(per_group[g][list(ch.widths).index(widths[g])]) for g, ch in cm.choices.items())
+    assert picked + const == pytest.approx(total_latency(cm, widths, lm.block_ms))
+    keep = {g: np.arange(w) for g, w in widths.items()}
+    from halp_onnx.passes.rewrite import kept_channels
+
+    assert predict(blocks, lm, an, kept_channels(an, keep)).total_ms == pytest.approx(
+        total_latency(cm, widths, lm.block_ms), rel=1e-6)
+    for g, ch in cm.choices.items():  # neuron groups: multiples of the step (tensor-core multiple on a T4)
+        assert all(w % ch.step == 0 for w in ch.widths[:-1]) and ch.widths[-1] == ch.size
+
+
+def test_compile_analytic_target_meets_its_budget_and_exact_beats_greedy(mobilenet):
+    res = halp_onnx.compile(mobilenet, target="trt-v100", latency=0.6, min_keep=0.05)
+    assert res.label == "estimated" and res.measured_ms is None
+    assert res.predicted_ms <= res.budget_ms * (1 + 1e-9)
+    assert res.predicted_ms >= 0.8 * res.budget_ms
+    assert res.solver["exact_value"] >= res.solver["augmented_value"] - 1e-9
+    assert res.verification.max_rel_error <= 1e-4
+    assert any("analytic estimates" in w for w in res.warnings)
+    onnx.checker.check_model(res.model, full_check=True)
+    json.dumps(res.to_dict())
+
+
+def test_compile_ort_cpu_end_to_end_cli(mobilenet, tmp_path, capsys):
+    out, rep, page = tmp_path / "p.onnx", tmp_path / "r.json", tmp_path / "r.html"
+    before = open(mobilenet, "rb").read()
+    assert main(["compile", mobilenet, "--target", "ort-cpu", "--latency", "0.6", "-o", str(out), "--report", str(rep),
+                 "--html", str(page), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "measured latency" in text and "verified" in text and "knapsack: exact" in text
+    report = json.loads(rep.read_text())
+    assert report["predicted_ms"] <= report["budget_ms"] * (1 + 1e-9)
+    assert report["measured_ms"] > 0 and report["label"] == "measured"
+    assert report["seconds"]["knapsack"] >= 0 and "verify" in report["seconds"]
+    assert "<img src='data:image/png;base64," in page.read_text()
+    assert open(mobilenet, "rb").read() == before
+
+
+def test_compile_infeasible_budget_states_the_smallest_latency(mobilenet, tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    assert main(["compile", mobilenet, "--target", "trt-t4", "--latency", "0.01", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "below the smallest achievable" in err and "ms" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--latency", "2x"], "--latency"),
+    (["--latency", "0.5", "--engine", "e.plan"], "--engine"),
+    (["--latency", "0.5", "--target", "trt-v100", "--engine", "e.plan"], "TensorRT"),
+    (["--latency", "0.5", "--calib", "/nonexistent/calib.npz"], "--calib"),
+    (["--latency", "0.5", "--solver", "magic"], None),
+])
+def test_compile_bad_options(mobilenet, tmp_path, capsys, args, match):
+    out = tmp_path / "y.onnx"
+    code = main(["compile", mobilenet, "-o", str(out)] + args) if match else None
+    if match is None:
+        with pytest.raises(SystemExit):
+            main(["compile", mobilenet, "-o", str(out)] + args)
+        return
+    assert code == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_compile_refuses_to_overwrite_its_input(mobilenet, capsys):
+    assert main(["compile", mobilenet, "--latency", "0.5", "-o", mobilenet]) == 2
+    assert "the output path is the input model" in capsys.readouterr().err
+
+
+def test_taylor_calibration_from_npz(tmp_path):
+    pytest.importorskip("torch")
+    model = example("resnet")
+    loaded, _ = inspect(model)
+    name = loaded.model.graph.input[0].name
+    shape = [d.dim_value for d in loaded.model.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "calib.npz"
+    n = 8
+    np.savez(calib, **{name: rng.standard_normal([n] + shape[1:]).astype(np.float32)},
+             labels=rng.integers(0, 10, n))
+    batches = list(calibration_batches(loaded, str(calib), batch_size=shape[0]))
+    assert sum(len(b[1]) for b in batches) == n
+    res = halp_onnx.compile(model, target="trt-t4", latency=0.7, calib=str(calib), calib_batch=shape[0])
+    assert res.importance.method == "taylor" and res.importance.loss == "cross-entropy"
+    assert res.predicted_ms <= res.budget_ms * (1 + 1e-9)
