@@ -36,6 +36,21 @@ def add_parser(sub):
     p.add_argument("--no-measure", action="store_true", help="do not time the models on the target")
     p.add_argument("--profile", help="profile JSON to use/extend (default: the user cache, then hw_profiles/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    it = p.add_argument_group("iterative HALP (prune progressively while fine-tuning; needs the torch extra)")
+    it.add_argument("--iterative", action="store_true", help="the paper's progressive pruning during fine-tuning")
+    it.add_argument("--data", help="training images: folder (class subfolders = labeled) or .npz images[, labels]")
+    it.add_argument("--eval-data", help="labeled images to evaluate on (default: a --holdout share of --data)")
+    it.add_argument("--holdout", type=float, help="share of labeled --data held out for evaluation (default 0.1)")
+    it.add_argument("--teacher", help="distillation teacher (default: the input model itself)")
+    it.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs in all (default 1)")
+    it.add_argument("--batch-size", type=int, default=128)
+    it.add_argument("--lr", type=float, help="learning rate (default 0.01 SGD, 1e-3 AdamW)")
+    it.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    it.add_argument("--steps", type=int, default=30, help="pruning steps (default 30, as the paper)")
+    it.add_argument("--interval", type=int, default=40, help="optimizer steps between pruning steps (default 40)")
+    it.add_argument("--schedule", default="geometric", choices=("geometric", "linear"),
+                    help="how the latency target shrinks from dense to the goal")
+    it.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(run=run)
     return p
 
@@ -82,6 +97,11 @@ def run(args) -> int:
     std = parse_floats(args.std, "--std", 3)
     size = parse_size(args.size) if args.size else None
     progress = not args.quiet and sys.stderr.isatty()
+    if args.iterative:
+        return run_iterative(args, target, mean, std, progress)
+    if args.data:
+        raise HalpError("--data is for --iterative; one-shot compile takes calibration images with --calib",
+                        stage=STAGE)
     result = compile(args.model, target, args.latency, calib=args.calib, mean=mean, std=std, size=size,
                      calib_samples=args.calib_samples, solver=args.solver, min_keep=args.min_keep,
                      allow_removal=not args.no_removal, prune_first=args.prune_first, threads=args.threads,
@@ -107,6 +127,68 @@ def run(args) -> int:
     print_summary(result)
     print("wrote " + ", ".join(written))
     return 0
+
+
+def run_iterative(args, target, mean, std, progress) -> int:
+    import math
+
+    from .data import load_data
+    from .passes.rewrite import save_model
+    from .profiles.backends import get_backend
+    from .profiles.targets import target_status
+
+    if not args.data:
+        raise HalpError("--iterative needs --data (training images)", stage=STAGE)
+    if args.calib:
+        raise HalpError("--calib is for one-shot compile; --iterative accumulates Taylor importance while training",
+                        stage=STAGE)
+    try:
+        from .torch.finetune import FinetuneConfig
+        from .torch.halp import compile_iterative
+    except ImportError as exc:
+        raise HalpError(f"--iterative needs PyTorch ({exc}); pip install 'halp-onnx[torch]'", stage=STAGE) from None
+    data = load_data(args.data)
+    holdout = args.holdout if args.holdout is not None else (0.1 if data.labeled and not args.eval_data else 0.0)
+    steps_total = math.floor(len(data) * (1 - holdout) / args.batch_size) * args.epochs
+    need = args.steps * args.interval
+    if steps_total < need:
+        raise HalpError(f"--epochs {args.epochs:g}: {int(steps_total)} optimizer steps of {args.batch_size} images, "
+                        f"fewer than --steps {args.steps} x --interval {args.interval} = {need}; give more epochs or "
+                        "a smaller --interval", stage=STAGE)
+    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                         mean=tuple(mean), std=tuple(std), holdout=holdout, device=args.device)
+    res, ft = compile_iterative(args.model, data, target=target.name, latency=args.latency, config=cfg,
+                                steps=args.steps, interval=args.interval, schedule=args.schedule,
+                                teacher=args.teacher or "self", eval_data=args.eval_data, progress=progress,
+                                min_keep=args.min_keep, allow_removal=not args.no_removal,
+                                prune_first=args.prune_first, solver=args.solver, threads=args.threads,
+                                input_shapes=input_shapes_for(args), profile_path=args.profile)
+    save_model(res.model, args.out)
+    report = {"mode": "iterative", **res.to_dict(), "finetune": {"history": ft.history, "seconds": ft.seconds,
+                                                                 "steps": ft.steps}}
+    ok, _ = target_status(target)
+    if ok and not args.no_measure:
+        backend = get_backend(target, threads=args.threads)
+        report["dense_measured_ms"] = backend.time_model(args.model).median_ms
+        report["measured_ms"] = backend.time_model(res.model).median_ms
+    if args.report:
+        _atomic_text(args.report, json.dumps(report, indent=1, default=float))
+    (p0, p1), (m0, m1) = res.rewrite.params, res.rewrite.macs
+    print(f"iterative HALP: {len(res.history)} pruning steps; predicted {res.dense_predicted_ms:.4g} -> "
+          f"{res.predicted_ms:.4g} ms (budget {res.budget_ms:.4g} ms); params {p1 / p0:.3f}x, MACs {m1 / m0:.3f}x")
+    if "measured_ms" in report:
+        print(f"measured {report['dense_measured_ms']:.4g} -> {report['measured_ms']:.4g} ms")
+    if ft.eval_top1 is not None:
+        print(f"held-out top-1 after fine-tuning: {100 * ft.eval_top1:.2f}%")
+    print(f"verified: max relative error {res.verification.max_rel_error:.2e}")
+    print("wrote " + ", ".join([args.out] + ([args.report] if args.report else [])))
+    return 0
+
+
+def input_shapes_for(args):
+    from .cli_profile import input_shapes
+
+    return input_shapes(args.model, args.input_shape, args.batch)
 
 
 def print_summary(r) -> None:

@@ -600,6 +600,22 @@ def export_cifar_resnet(depth: int, out_path: str | os.PathLike, *,
                                metadata=meta)
 
 
+def cifar_resnet_bn_onnx(depth: int, npz: str | os.PathLike | None = None, *, batch: int | str = "N"
+                         ) -> onnx.ModelProto:
+    """The pretrained CIFAR ResNet-``depth`` (default: the ../shared weights) built directly as ONNX
+    with its BatchNormalization nodes kept (an exporter in eval mode folds them into the convs, which
+    leaves nothing to train as BN when fine-tuning). Input ``"input"`` ``batch`` x 3 x 32 x 32, output
+    ``"logits"``; no torch needed."""
+    from .examples import cifar_resnet as build
+
+    if (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    path = Path(npz) if npz is not None else cifar_resnet_weights(depth)
+    with np.load(path) as z:
+        weights = {k: z[k] for k in z.files}
+    return build((depth - 2) // 6, weights=weights, batch=batch)
+
+
 # --------------------------------------------------------------------------------------------
 # CIFAR-10 data (numpy + Pillow only)
 

@@ -1,0 +1,247 @@
+"""Iterative HALP (the paper's method): prune progressively while fine-tuning.
+
+    pruner = IterativePruner(module, model, target="ort-cpu", latency=0.5, steps=30, interval=40)
+    for x, y in loader:
+        loss = ...; loss.backward(); optimizer.step(); optimizer.zero_grad()
+        pruner.step()          # accumulates Taylor importance; every `interval` calls, one pruning step
+    pruned = pruner.finalize(module.write_back())   # physically smaller ONNX, verified
+
+Each call of :meth:`IterativePruner.step` adds the minibatch's |sum g * gate| per channel (the gates
+of :class:`~halp_onnx.torch.gates.ChannelGates`). Every ``interval`` calls, until ``steps`` pruning
+steps are done, the knapsack is solved for a latency target that shrinks from the dense latency to
+the goal (geometrically, as the authors' code does, or linearly) over the current widths only:
+pruned channels are held at zero by the gates and never come back. :meth:`finalize` rewrites the
+fine-tuned graph with the core's rewrite and checks it against the masked original.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import HalpError
+from .executor import OnnxModule
+from .gates import ChannelGates
+
+STAGE = "iterative-halp"
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    step: int
+    call: int  # pruner.step() call that triggered it
+    target_ms: float
+    predicted_ms: float
+    kept_channels: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class IterativeResult:
+    model: onnx.ModelProto
+    kept: np.ndarray
+    widths: dict[int, tuple[int, int]]
+    history: tuple[PruneStep, ...]
+    dense_predicted_ms: float
+    predicted_ms: float
+    budget_ms: float
+    rewrite: Any
+    verification: Any
+
+    def to_dict(self) -> dict:
+        return {"dense_predicted_ms": self.dense_predicted_ms, "predicted_ms": self.predicted_ms,
+                "budget_ms": self.budget_ms, "history": [h.to_dict() for h in self.history],
+                "widths": {int(g): list(w) for g, w in self.widths.items()},
+                "params": list(self.rewrite.params), "macs": list(self.rewrite.macs),
+                "verification": self.verification.to_dict() if self.verification else None}
+
+
+class IterativePruner:
+    """HALP's progressive pruning driven from a training loop (see the module docstring)."""
+
+    def __init__(self, module: OnnxModule, model: Any, *, target: str = "ort-cpu", latency: str | float = 0.5,
+                 steps: int = 30, interval: int = 40, schedule: str = "geometric", start_after: int = 0,
+                 min_keep: float = 0.1, allow_removal: bool = True, prune_first: bool = False,
+                 solver: str = "exact", threads: int = 1, input_shapes: dict | None = None,
+                 profile_path=None, measure: bool | None = None, progress: bool = False):
+        from ..api import inspect, require_prunable
+        from ..compiler import first_layer_groups, parse_latency
+        from ..passes.latency_cost import build_cost_model, total_latency
+        from ..profiles.blocks import model_blocks
+        from ..profiles.latency import latency_model
+        from ..profiles.targets import get_target
+
+        if steps < 1 or interval < 1:
+            raise HalpError(f"steps ({steps}) and interval ({interval}) must be positive", stage=STAGE)
+        if schedule not in ("geometric", "linear"):
+            raise HalpError(f"schedule {schedule!r}: expected geometric or linear", stage=STAGE)
+        self.module = module
+        self.loaded, self.analysis = inspect(model, input_shapes)
+        require_prunable(self.analysis, self.loaded.source)
+        tgt = get_target(target)
+        self.blocks = model_blocks(self.loaded, self.analysis, precision=tgt.precision)
+        run = latency_model(self.loaded, self.analysis, tgt, threads=threads, measure=measure, progress=progress,
+                            blocks=self.blocks, profile_path=profile_path)
+        self.lm = run.model
+        self._block_ms = lru_cache(maxsize=None)(lambda sig, ci, co: self.lm.block_ms(sig, ci, co))
+        frozen = {} if prune_first else first_layer_groups(self.analysis, self.blocks)
+        self.cm = build_cost_model(self.analysis, self.blocks, self.lm.step, min_keep=min_keep,
+                                   allow_removal=allow_removal, frozen=frozen)
+        if not self.cm.choices:
+            raise HalpError(f"{self.loaded.source}: no prunable group left to prune", stage=STAGE)
+        self.widths = {g: ch.size for g, ch in self.cm.choices.items()}
+        self.dense_ms = total_latency(self.cm, self.widths, self._block_ms, self.lm.overhead_ms)
+        kind, amount = parse_latency(latency)
+        self.budget_ms = amount * self.dense_ms if kind == "share" else amount
+        smallest = {g: ch.widths[0] for g, ch in self.cm.choices.items()}
+        min_ms = total_latency(self.cm, smallest, self._block_ms, self.lm.overhead_ms)
+        if self.budget_ms < min_ms:
+            raise HalpError(f"latency budget {self.budget_ms:.4g} ms is below the smallest achievable "
+                            f"{min_ms:.4g} ms ({min_ms / self.dense_ms:.3f} x dense)", stage=STAGE)
+        self.steps, self.interval, self.schedule, self.start_after = steps, interval, schedule, start_after
+        self.solver = solver
+        self.gates = ChannelGates(module, self.loaded, self.analysis)
+        self.kept = np.ones(len(self.analysis.channel_group), dtype=bool)
+        self.calls = 0
+        self.done = 0
+        self.history: list[PruneStep] = []
+        self._total_latency = total_latency
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.steps
+
+    def target_ms(self, k: int) -> float:
+        """Latency target of pruning step ``k`` (1-based): dense -> budget over ``steps`` steps."""
+        frac = k / self.steps
+        if self.schedule == "geometric":
+            return self.dense_ms * (self.budget_ms / self.dense_ms) ** frac
+        return self.dense_ms + (self.budget_ms - self.dense_ms) * frac
+
+    def step(self) -> PruneStep | None:
+        """Call after each optimizer step (the loss's backward pass must have run)."""
+        if self.finished:
+            return None
+        self.calls += 1
+        if self.calls <= self.start_after:
+            self.gates.zero_grad()
+            return None
+        self.gates.accumulate()
+        if (self.calls - self.start_after) % self.interval == 0:
+            return self.prune_step()
+        return None
+
+    def prune_step(self) -> PruneStep:
+        """Solve the knapsack for the next target over the channels still kept, and mask the rest."""
+        from ..compiler import solve_rounds
+        from ..passes.latency_cost import GroupChoices
+
+        t0 = time.perf_counter()
+        k = self.done + 1
+        target = self.target_ms(k)
+        scores = self.gates.scores()
+        choices, values, orders = {}, {}, {}
+        an = self.analysis
+        for g, ch in self.cm.choices.items():
+            cur = self.widths[g]
+            members = np.nonzero((an.channel_group == g) & self.kept)[0]
+            members = members[np.argsort(an.channel_index[members])]
+            order = members[np.argsort(-scores[members], kind="stable")]
+            allowed = sorted({w for w in ch.widths if w < cur} | {cur})
+            cum = np.concatenate([[0.0], np.cumsum(scores[order])])
+            # a tiny tie-breaker keeps the width when importance is flat (all-zero scores after masking)
+            values[g] = cum[np.asarray(allowed)] + 1e-12 * np.asarray(allowed)
+            choices[g] = GroupChoices(g, ch.size, ch.step, tuple(allowed))
+            orders[g] = order
+        cm = replace(self.cm, choices=choices)
+        widths, _, _ = solve_rounds(cm, values, self._block_ms, self.lm.overhead_ms, target, solver=self.solver,
+                                    start=self.widths, compare=False)
+        for g, w in widths.items():
+            drop = orders[g][w:]
+            self.kept[drop] = False
+        self.widths = {g: int(w) for g, w in widths.items()}
+        self.gates.set_mask(self.kept)
+        self.gates.reset()
+        self.done = k
+        pred = self._total_latency(self.cm, self.widths, self._block_ms, self.lm.overhead_ms)
+        rec = PruneStep(k, self.calls, target, pred, int(self.kept.sum()), time.perf_counter() - t0)
+        self.history.append(rec)
+        return rec
+
+    def finish_now(self) -> None:
+        """Run the remaining pruning steps at once (e.g. when training ends early)."""
+        while not self.finished:
+            self.prune_step()
+
+    # ------------------------------------------------------------------------------------------
+    def finalize(self, tuned: onnx.ModelProto | None = None) -> IterativeResult:
+        """The physically smaller model: ``tuned`` (default: the module's current weights written into the
+        graph) rewritten to the kept channels, verified against the masked tuned model."""
+        from ..api import inspect
+        from ..passes.rewrite import rewrite
+        from ..passes.verify import verify
+
+        if not self.finished:
+            self.finish_now()
+        tuned = tuned if tuned is not None else self.module.write_back()
+        loaded, analysis = inspect(tuned, {n: s for n, s in self.loaded.input_shapes.items()} or None)
+        if [g.size for g in analysis.groups] != [g.size for g in self.analysis.groups]:
+            raise HalpError("the fine-tuned graph's channel groups differ from the original's", stage=STAGE)
+        keep = {}
+        for g in self.cm.choices:
+            members = np.nonzero((analysis.channel_group == g) & self.kept)[0]
+            if len(members) < self.cm.choices[g].size:
+                keep[g] = np.sort(analysis.channel_index[members])
+        result = rewrite(loaded, analysis, keep)
+        check = verify(loaded, analysis, result.kept, result.model)
+        pred = self._total_latency(self.cm, self.widths, self._block_ms, self.lm.overhead_ms)
+        return IterativeResult(result.model, result.kept, dict(result.widths), tuple(self.history), self.dense_ms,
+                               pred, self.budget_ms, result, check)
+
+
+def compile_iterative(model: Any, data: Any, *, target: str = "ort-cpu", latency: str | float = 0.5,
+                      config=None, steps: int = 30, interval: int = 40, schedule: str = "geometric",
+                      teacher: Any = "self", eval_data: Any = None, progress: bool = True,
+                      min_keep: float = 0.1, allow_removal: bool = True, prune_first: bool = False,
+                      solver: str = "exact", threads: int = 1, input_shapes: dict | None = None,
+                      profile_path=None) -> tuple[IterativeResult, Any]:
+    """Iterative HALP end to end: fine-tune ``model`` on ``data`` (KD from ``teacher``, default the
+    dense model itself, plus CE when labeled) while pruning every ``interval`` optimizer steps for
+    ``steps`` steps, then keep fine-tuning to the end of ``config.epochs``; returns the finalized
+    (rewritten, verified) result and the fine-tuning result."""
+    from ..passes.load import read_model
+    from .finetune import FinetuneConfig, finetune
+
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        read_model(model)  # readable errors for a missing / truncated / non-ONNX file
+        proto = onnx.load(str(model))
+    cfg = config if config is not None else FinetuneConfig()
+    module = OnnxModule(proto, train_bn=True)
+    pruner = IterativePruner(module, proto, target=target, latency=latency, steps=steps, interval=interval,
+                             schedule=schedule, min_keep=min_keep, allow_removal=allow_removal,
+                             prune_first=prune_first, solver=solver, threads=threads, input_shapes=input_shapes,
+                             profile_path=profile_path, progress=progress)
+
+    def callback(trainer, step):
+        rec = pruner.step()
+        if rec is not None and progress:
+            print(f"pruning step {rec.step}/{pruner.steps}: target {rec.target_ms:.4g} ms, predicted "
+                  f"{rec.predicted_ms:.4g} ms, {rec.kept_channels} channels kept", flush=True)
+
+    ft = finetune(module, proto if teacher == "self" else teacher, data, cfg, progress=progress, callback=callback,
+                  eval_data=eval_data)
+    if not pruner.finished:
+        raise HalpError(f"training ended after {ft.steps} optimizer steps, before the {steps} pruning steps of "
+                        f"{interval} steps each ({steps * interval} steps); give more --epochs or a smaller "
+                        "--interval", stage=STAGE)
+    return pruner.finalize(ft.model), ft
