@@ -88,6 +88,14 @@ def test_diagonal_and_fixed_axes():
     assert seen == {3}
 
 
+def test_diagonal_table_with_a_wide_step_measures_every_line_point():
+    dw = LatencyTable(c_in_max=96, c_out_max=96, vary_in=True, vary_out=True, diagonal=True)
+    sample(dw, lambda ci, co: 0.1 + 0.01 * math.ceil(co / 32) * 32)
+    assert dw.step == 32
+    for c in range(1, 97):
+        assert dw.lookup(c, c) == pytest.approx(0.1 + 0.01 * math.ceil(c / 32) * 32, rel=1e-6)
+
+
 def test_table_json_round_trip():
     table = LatencyTable(c_in_max=64, c_out_max=64, vary_in=True, vary_out=True, diagonal=False)
     sample(table, stair)

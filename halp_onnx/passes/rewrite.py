@@ -191,6 +191,42 @@ def _fold_after_removal(rw: RewriteContext) -> None:
     rw.model.CopyFrom(folded)
 
 
+_BROADCAST_JOINS = ("Add", "Sub", "Mul", "Div")
+
+
+def _shrink_folded_constants(rw: RewriteContext, original: set[str]) -> None:
+    """A removed branch folds to a constant that is uniform over space (its bias through BN and
+    activations); stored at full size it would count as parameters. Where it only feeds a
+    broadcasting join whose other operand has the full shape, keep it as ``1 x C x 1 x 1``."""
+    graph = rw.model.graph
+    try:
+        inferred = onnx.shape_inference.infer_shapes(rw.model)
+    except Exception:  # the caller's shape inference reports problems
+        return
+    shapes = tensor_shapes(inferred)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for init in graph.initializer:
+        if init.name in original:
+            continue
+        value = onnx.numpy_helper.to_array(init)
+        users = readers.get(init.name, [])
+        if value.ndim < 2 or value.size < 2 or not users or any(u.op_type not in _BROADCAST_JOINS for u in users):
+            continue
+        others = [shapes.get(i) for u in users for i in u.input if i != init.name]
+        if any(o is None or len(o) != value.ndim or tuple(o) != value.shape for o in others):
+            continue
+        reduced = value
+        for ax in range(value.ndim):
+            first = np.take(reduced, [0], axis=ax)
+            if np.array_equal(np.broadcast_to(first, reduced.shape), reduced):
+                reduced = first
+        if reduced.size < value.size:
+            init.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(reduced), init.name))
+
+
 def _axis_sizes(lab: Labels, mask: np.ndarray, name: str):
     """(axis, new size, old size) per channel axis; the kept positions must form a box."""
     sizes = []
@@ -232,7 +268,9 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, S
         if rule is not None and rule.rewrite is not None and node.name not in removed:
             rule.rewrite(node, rw)
     if removed:
+        original = {i.name for i in loaded.model.graph.initializer}
         _fold_after_removal(rw)
+        _shrink_folded_constants(rw, original)
     del graph.value_info[:]
     try:
         model = infer_shapes(rw.model, check_type=True)

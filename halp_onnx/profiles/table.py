@@ -244,6 +244,8 @@ def sample(table: LatencyTable, measure: Measure, *, on_point: Callable[[], None
         table.step = detect_step(scan) if scan else 1
         if table.vary_out:
             line = _refine(_aligned_axis(co_max, table.step, (0.5,)), table.step, lambda c: t(d(c), c))
+            for c in line:  # refinement skips neighbours closer than two steps: measure every line point
+                t(d(c), c)
             table.line_out = line
             table.ratio_out = _ratios(scan, table.step, co_max)
         else:
