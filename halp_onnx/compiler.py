@@ -191,48 +191,74 @@ def first_layer_groups(analysis: ChannelAnalysis, blocks) -> dict[int, str]:
 
 
 def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callable, overhead_ms: float,
-                 budget_ms: float, *, solver: str = "exact", max_rounds: int = 12, tol: float = 0.005,
+                 budget_ms: float, *, solver: str = "exact", max_evals: int = 24, tol: float = 0.005,
                  start: dict[int, int] | None = None, compare: bool = True
                  ) -> tuple[dict[int, int], list[Round], dict[str, Any]]:
-    """Re-solve with neighbours' widths updated and the budget corrected by the prediction error,
-    keeping the most valuable solution whose whole-model prediction is within the budget. ``start``:
-    the widths the first round prices the neighbours at (default dense)."""
-    widths = dict(start) if start is not None else {g: ch.widths[-1] for g, ch in cm.choices.items()}
-    internal = budget_ms
+    """Solve for the budget with every block's other side priced at the last solution's widths.
+
+    A block's latency depends on both of its widths, so the knapsack (which prices one group at a
+    time) is re-solved with the neighbours' widths updated; the budget handed to the knapsack is then
+    searched (bracketing + bisection) so that the whole-model prediction at the solution's widths lands
+    just under the real budget. The most valuable solution whose prediction fits is kept. ``start``:
+    the widths the first solve prices neighbours at (default dense)."""
+    state = {"widths": dict(start) if start is not None else {g: ch.widths[-1] for g, ch in cm.choices.items()},
+             "items": None, "avail": None, "solve_s": 0.0}
     rounds: list[Round] = []
-    best: tuple[float, float, dict[int, int]] | None = None
-    last_items, last_avail = None, None
-    solve_s = 0.0
-    for r in range(max_rounds):
-        per_group, const = group_costs(cm, widths, block_ms)
-        items = [KnapsackItem(g, np.asarray(ch.widths), values[g], per_group[g]) for g, ch in cm.choices.items()]
-        avail = internal - const - overhead_ms
-        floor = sum(float(c.min()) for c in per_group.values())
-        if avail < floor:  # the neighbours' current widths make it infeasible: take the cheapest choices
-            avail = floor
-        sol = solve(items, avail, solver=solver)
-        solve_s += sol.seconds
-        last_items, last_avail = items, avail
-        new = {g: int(w) for g, w in sol.widths.items()}
-        pred = total_latency(cm, new, block_ms, overhead_ms)
-        value = float(sum(values[g][list(cm.choices[g].widths).index(w)] for g, w in new.items()))
-        changed = sum(1 for g in new if new[g] != widths[g])
-        rounds.append(Round(r, internal, pred, value, changed))
-        if pred <= budget_ms * (1 + 1e-9) and (best is None or value > best[0] + 1e-12):
-            best = (value, pred, new)
-        if best is not None and best[1] >= budget_ms * (1 - tol) and changed == 0:
+    best: list = []  # [value, pred, widths]
+    index = {g: {w: j for j, w in enumerate(ch.widths)} for g, ch in cm.choices.items()}
+
+    def evaluate(internal: float) -> float:
+        widths = state["widths"]
+        changed = 0
+        for _ in range(3):  # settle the neighbours' widths at this knapsack budget
+            per_group, const = group_costs(cm, widths, block_ms)
+            items = [KnapsackItem(g, np.asarray(ch.widths), values[g], per_group[g])
+                     for g, ch in cm.choices.items()]
+            floor = sum(float(c.min()) for c in per_group.values())
+            avail = max(internal - const - overhead_ms, floor)
+            sol = solve(items, avail, solver=solver)
+            state["solve_s"] += sol.seconds
+            state["items"], state["avail"] = items, avail
+            new = {g: int(w) for g, w in sol.widths.items()}
+            changed = sum(1 for g in new if new[g] != widths[g])
+            widths = new
+            if not changed:
+                break
+        state["widths"] = widths
+        pred = total_latency(cm, widths, block_ms, overhead_ms)
+        value = float(sum(values[g][index[g][w]] for g, w in widths.items()))
+        rounds.append(Round(len(rounds), internal, pred, value, changed))
+        if pred <= budget_ms * (1 + 1e-9) and (not best or value > best[0] + 1e-12):
+            best[:] = [value, pred, dict(widths)]
+        return pred
+
+    lo = hi = None
+    b = budget_ms
+    while len(rounds) < max_evals:
+        pred = evaluate(b)
+        if pred <= budget_ms:
+            lo = b
+            if pred >= budget_ms * (1 - tol):
+                break
+        else:
+            hi = b
+        if lo is not None and hi is not None:
+            b = (lo + hi) / 2
+        elif lo is not None:  # still under the budget: hand the knapsack more
+            b = lo * min(2.0, max(1.02, budget_ms / max(pred, 1e-12)))
+        else:  # over: hand it less
+            b = hi * max(0.5, min(0.98, budget_ms / max(pred, 1e-12)))
+        if lo is not None and hi is not None and hi - lo <= 1e-4 * budget_ms:
             break
-        internal += 0.9 * (budget_ms - pred)
-        widths = new
-    if best is None:  # fall back to each group's smallest width, feasible by construction
-        best_w = {g: ch.widths[0] for g, ch in cm.choices.items()}
-        best = (float(sum(values[g][0] for g in cm.choices)), total_latency(cm, best_w, block_ms, overhead_ms), best_w)
-    stats: dict[str, Any] = {"solver": solver, "rounds": len(rounds), "solve_seconds": round(solve_s, 4),
-                             "items": len(last_items or []),
-                             "choices": int(sum(len(it.widths) for it in last_items or []))}
-    if last_items and compare:  # both solvers on the last instance: the exact one must not lose
-        ex = solve(last_items, last_avail, solver="exact")
-        au = solve(last_items, last_avail, solver="augmented")
+    if not best:  # fall back to each group's smallest width, feasible by construction
+        w = {g: ch.widths[0] for g, ch in cm.choices.items()}
+        best[:] = [float(sum(values[g][0] for g in cm.choices)), total_latency(cm, w, block_ms, overhead_ms), w]
+    items, avail = state["items"], state["avail"]
+    stats: dict[str, Any] = {"solver": solver, "rounds": len(rounds), "solve_seconds": round(state["solve_s"], 4),
+                             "items": len(items or []), "choices": int(sum(len(it.widths) for it in items or []))}
+    if items and compare:  # both solvers on the last instance: the exact one must not lose
+        ex = solve(items, avail, solver="exact")
+        au = solve(items, avail, solver="augmented")
         stats.update({"exact_value": ex.value, "augmented_value": au.value, "exact_seconds": ex.seconds,
                       "augmented_seconds": au.seconds})
     return best[2], rounds, stats

@@ -145,7 +145,7 @@ def report(args) -> int:
     import onnx
 
     from halp_onnx import zoo
-    from halp_onnx.profiles.backends import OrtCpuBackend
+    from halp_onnx.profiles.backends import OrtCpuBackend, with_batch
 
     work = Path(args.work)
     tx, ty = zoo.load_cifar_jpeg("test")
@@ -166,7 +166,7 @@ def report(args) -> int:
         rows.append({"name": name, "top1_jpeg": zoo.top1_onnx(model, tx, ty),
                      "top1_exact1017": zoo.top1_onnx(model, ex, ey), "meta": {k: v for k, v in meta.items()
                                                                               if k != "history"}})
-    one = [_batch1(m) for _, m, _ in entries]
+    one = [with_batch(m) for _, m, _ in entries]
     for _ in range(2):
         for r, m in zip(rows, one):
             t = backend.time_model(m, budget_s=args.budget).median_ms
@@ -192,18 +192,6 @@ def report(args) -> int:
                      f"{r['measured_ms']:.3f} | {r['latency_share']:.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
-
-
-def _batch1(model):
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for vi in list(m.graph.input) + list(m.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = 1
-    return m
 
 
 def main() -> int:

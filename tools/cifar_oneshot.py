@@ -43,7 +43,7 @@ def main() -> int:
     from halp_onnx.compiler import first_layer_groups
     from halp_onnx.passes.baselines import global_for_target, l1_scores, uniform_for_target
     from halp_onnx.passes.rewrite import kept_channels, rewrite
-    from halp_onnx.profiles.backends import OrtCpuBackend
+    from halp_onnx.profiles.backends import OrtCpuBackend, with_batch
     from halp_onnx.profiles.blocks import model_blocks
     from halp_onnx.profiles.latency import latency_model, predict
 
@@ -104,7 +104,7 @@ def main() -> int:
         rows.append(row)
     for _ in range(2):  # two interleaved passes; the median of each pass, best of two
         for row, m in zip(rows, models.values()):
-            t = backend.time_model(_batch1(m), budget_s=args.budget).median_ms
+            t = backend.time_model(with_batch(m), budget_s=args.budget).median_ms
             row["measured_ms"] = min(row.get("measured_ms", t), t)
     dense_ms = rows[0]["measured_ms"]
     for row in rows:
@@ -126,19 +126,6 @@ def main() -> int:
                      f"{r['measured_ms']:.3f} | {r['latency_share']:.3f} | {r['macs_share']:.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
-
-
-def _batch1(model):
-    """The model with its symbolic batch dim set to 1 (for timing)."""
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for vi in list(m.graph.input) + list(m.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = 1
-    return m
 
 
 if __name__ == "__main__":

@@ -13,26 +13,14 @@ import numpy as np
 
 from .channel_groups import ChannelAnalysis
 from .load import LoadedModel
-from .select import group_order
+from .select import group_order, weight_norm_scores
 
 STAGE = "baselines"
 
 
 def l1_scores(loaded: LoadedModel, analysis: ChannelAnalysis) -> np.ndarray:
     """Per channel: sum of |w| over every weight slice that belongs to it (coupled tensors summed)."""
-    consts = loaded.constants
-    score = np.zeros(len(analysis.channel_group), dtype=np.float64)
-    for name, slices in analysis.init_slices.items():
-        value = consts.get(name)
-        if value is None or value.dtype.kind != "f":
-            continue
-        a = np.abs(value.astype(np.float64))
-        for lab in slices:
-            per_pos = a.sum(axis=tuple(i for i in range(a.ndim) if i not in lab.axes)) if a.ndim else a
-            ids = lab.ids.reshape(-1)
-            ok = ids >= 0
-            np.add.at(score, ids[ok], np.asarray(per_pos).reshape(-1)[ok])
-    return score
+    return weight_norm_scores(loaded, analysis, 1)
 
 
 def uniform_keep(analysis: ChannelAnalysis, scores: np.ndarray, share: float, groups) -> dict[int, np.ndarray]:

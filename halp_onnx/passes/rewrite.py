@@ -283,13 +283,13 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, S
         except Exception as err:
             raise HalpError(f"the rewritten model fails onnx.checker: {str(err).splitlines()[0][:300]}",
                             stage=STAGE) from None
+    shapes = tensor_shapes(model)  # static shapes, before a symbolic batch dim comes back
+    macs = {n.name: node_macs(n, shapes) for n in model.graph.node}
     model = restore_symbolic_dims(model, loaded)
     widths = {}
     for g in analysis.groups:
         members = analysis.channel_group == g.id
         widths[g.id] = (g.size, int(kept[members].sum()))
-    shapes = tensor_shapes(model)
-    macs = {n.name: node_macs(n, shapes) for n in model.graph.node}
     return RewriteResult(model=model, kept=kept, widths=widths,
                          params=(model_params(loaded.model), model_params(model)),
                          macs=(analysis.total_macs, int(sum(macs.values()))), node_macs=macs)

@@ -15,21 +15,26 @@ STAGE = "select"
 CRITERIA = ("l2", "random")
 
 
-def l2_scores(loaded: LoadedModel, analysis: ChannelAnalysis) -> np.ndarray:
-    """Per channel: squared L2 norm of every weight slice that belongs to it, summed over the group."""
+def weight_norm_scores(loaded: LoadedModel, analysis: ChannelAnalysis, p: int = 2) -> np.ndarray:
+    """Per channel: the Lp norm (p = 1 or 2) of every weight slice that belongs to it, over the group."""
     consts = loaded.constants
     score = np.zeros(len(analysis.channel_group), dtype=np.float64)
     for name, slices in analysis.init_slices.items():
         value = consts.get(name)
         if value is None or value.dtype.kind != "f":
             continue
-        sq = np.square(value.astype(np.float64))
+        mag = np.abs(value.astype(np.float64)) ** p
         for lab in slices:
-            per_pos = sq.sum(axis=tuple(i for i in range(sq.ndim) if i not in lab.axes)) if sq.ndim else sq
+            per_pos = mag.sum(axis=tuple(i for i in range(mag.ndim) if i not in lab.axes)) if mag.ndim else mag
             ids = lab.ids.reshape(-1)
             ok = ids >= 0
             np.add.at(score, ids[ok], np.asarray(per_pos).reshape(-1)[ok])
-    return np.sqrt(score)
+    return score ** (1.0 / p)
+
+
+def l2_scores(loaded: LoadedModel, analysis: ChannelAnalysis) -> np.ndarray:
+    """Per channel: L2 norm of every weight slice that belongs to it, summed over the group."""
+    return weight_norm_scores(loaded, analysis, 2)
 
 
 def channel_scores(loaded: LoadedModel, analysis: ChannelAnalysis, criterion: str = "l2", seed: int = 0) -> np.ndarray:

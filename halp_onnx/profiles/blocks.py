@@ -83,7 +83,7 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
                                  pads=tuple(_attr(node, "pads", [0] * 2 * len(k))),
                                  dilation=tuple(_attr(node, "dilations", [1] * len(k))), groups=rule,
                                  in_hw=tuple(int(d) for d in in_shape[2:]), batch=batch, dtype=_dtype(precision),
-                                 epilogue=epilogue)
+                                 epilogue=_kernel_ops(epilogue))
             blocks.append(Block(node.name, fused, sig, node.input[0], last, int(in_shape[1]), int(out_shape[1])))
         elif node.op_type in ("Gemm", "MatMul") and node.input[1] in loaded.constants:
             epilogue, fused, last = _epilogue(node, readers, outputs)
@@ -91,7 +91,7 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
             rows = int(np.prod(in_shape[:-1])) // max(batch, 1) if node.op_type == "MatMul" else int(in_shape[0])
             sig = BlockSignature(op=node.op_type, kernel=(), stride=(), pads=(), dilation=(), groups="dense",
                                  in_hw=(max(rows, 1),), batch=batch if node.op_type == "MatMul" else 1,
-                                 dtype=_dtype(precision), epilogue=epilogue)
+                                 dtype=_dtype(precision), epilogue=_kernel_ops(epilogue))
             blocks.append(Block(node.name, fused, sig, node.input[0], last, int(in_shape[-1]), int(out_shape[-1])))
         elif analysis.labels.get(out) is not None and len(out_shape) >= 2:
             per_channel = int(np.prod(out_shape)) // max(int(np.prod(analysis.labels[out].ids.shape)), 1)
@@ -106,6 +106,12 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
             width = int(analysis.labels[out].ids.size)
             blocks.append(Block(node.name, (), sig, out, out, width, width))
     return blocks
+
+
+def _kernel_ops(epilogue: tuple[str, ...]) -> tuple[str, ...]:
+    """The epilogue as the kernel runs it: BatchNormalization is folded into the weights, so a model
+    with BN nodes shares its tables with the same model exported with BN folded."""
+    return tuple(op for op in epilogue if op != "BatchNormalization")
 
 
 def _epilogue(node: onnx.NodeProto, readers, outputs) -> tuple[tuple[str, ...], tuple[str, ...], str]:

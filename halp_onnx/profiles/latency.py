@@ -120,7 +120,7 @@ class LatencyModel:
             raise HalpError(f"profile {self.profile.name}: no table for block {sig.key()}; run "
                             f"halp-onnx profile MODEL --target {self.target.name}", stage=STAGE)
         if self.profile.block_time == "kernel":
-            return table.lookup(c_in, c_out) + self.profile.node_overhead_ms
+            return max(table.lookup(c_in, c_out) + self.profile.node_overhead_ms, 0.0)
         return max(table.lookup(c_in, c_out) - self.overhead_ms, 0.0)
 
     def is_measured(self, sig: BlockSignature, c_in: int, c_out: int) -> bool:
