@@ -137,6 +137,6 @@ def test_taylor_calibration_from_npz(tmp_path):
              labels=rng.integers(0, 10, n))
     batches = list(calibration_batches(loaded, str(calib), batch_size=shape[0]))
     assert sum(len(b[1]) for b in batches) == n
-    res = halp_onnx.compile(model, target="trt-t4", latency=0.7, calib=str(calib), calib_batch=shape[0])
+    res = halp_onnx.compile(model, target="trt-t4", latency=0.9, calib=str(calib), calib_batch=shape[0])
     assert res.importance.method == "taylor" and res.importance.loss == "cross-entropy"
     assert res.predicted_ms <= res.budget_ms * (1 + 1e-9)

@@ -43,7 +43,7 @@ def _train(module, pruner, steps, shape, seed=0):
 def test_progressive_schedule_masks_never_return_and_final_model_verifies():
     model = example("resnet")
     module = OnnxModule(model)
-    pruner = IterativePruner(module, model, target="trt-t4", latency=0.5, steps=4, interval=2, min_keep=0.0)
+    pruner = IterativePruner(module, model, target="trt-t4", latency=0.9, steps=4, interval=2, min_keep=0.0)
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     kept = _train(module, pruner, 10, shape)
     assert pruner.finished and len(pruner.history) == 4
@@ -64,7 +64,7 @@ def test_progressive_schedule_masks_never_return_and_final_model_verifies():
 
 def test_step_without_backward_is_a_clear_error():
     model = example("resnet")
-    pruner = IterativePruner(OnnxModule(model), model, target="trt-t4", latency=0.7, steps=2, interval=1)
+    pruner = IterativePruner(OnnxModule(model), model, target="trt-t4", latency=0.9, steps=2, interval=1)
     with pytest.raises(HalpError, match="gradient"):
         pruner.step()
 
@@ -87,7 +87,7 @@ def test_cli_compile_iterative(tmp_path, images, capsys):
     model = tmp_path / "m.onnx"
     save_model(_batched_resnet(), model)
     out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
-    code = main(["compile", str(model), "--target", "trt-t4", "--latency", "0.6", "--iterative", "--data", images,
+    code = main(["compile", str(model), "--target", "trt-t4", "--latency", "0.9", "--iterative", "--data", images,
                  "--epochs", "1", "--batch-size", "8", "--steps", "3", "--interval", "1", "--holdout", "0",
                  "-o", str(out), "--report", str(rep), "--quiet", "--lr", "0.001"])
     captured = capsys.readouterr()
@@ -101,7 +101,7 @@ def test_cli_compile_iterative(tmp_path, images, capsys):
 def test_cli_compile_iterative_too_short(tmp_path, images, capsys):
     model = tmp_path / "m.onnx"
     save_model(_batched_resnet(), model)
-    code = main(["compile", str(model), "--target", "trt-t4", "--latency", "0.6", "--iterative", "--data", images,
+    code = main(["compile", str(model), "--target", "trt-t4", "--latency", "0.9", "--iterative", "--data", images,
                  "--epochs", "1", "--batch-size", "8", "-o", str(tmp_path / "o.onnx")])
     assert code == 2
     assert "fewer than --steps 30 x --interval 40" in capsys.readouterr().err

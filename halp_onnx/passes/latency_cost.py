@@ -141,7 +141,7 @@ def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[i
         sig = bc.block.signature
         if bc.owner is None or bc.owner not in cm.choices:
             ci, co = cm.block_widths(bc, widths)
-            constant += block_ms(sig, ci, co) if ci > 0 and co > 0 else 0.0
+            constant += block_ms(sig, ci, co) if co > 0 else 0.0
             continue
         g = bc.owner
         row = per_group[g]
@@ -149,7 +149,7 @@ def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[i
         for j, w in enumerate(cm.choices[g].widths):
             trial[g] = w
             ci, co = cm.block_widths(bc, trial)
-            row[j] += block_ms(sig, ci, co) if ci > 0 and co > 0 else 0.0
+            row[j] += block_ms(sig, ci, co) if co > 0 else 0.0
     return per_group, constant
 
 
@@ -157,7 +157,7 @@ def total_latency(cm: CostModel, widths: dict[int, int], block_ms, overhead_ms: 
     total = overhead_ms
     for bc in cm.blocks:
         ci, co = cm.block_widths(bc, widths)
-        total += block_ms(bc.block.signature, ci, co) if ci > 0 and co > 0 else 0.0
+        total += block_ms(bc.block.signature, ci, co) if co > 0 else 0.0
     return total
 
 

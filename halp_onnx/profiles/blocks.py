@@ -108,6 +108,20 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
     return blocks
 
 
+def orphan_signatures(sig: BlockSignature) -> tuple[BlockSignature, ...]:
+    """What is left of a GEMM-like block whose input channels are all removed (its branch folded to a
+    constant): its epilogue ops (the residual Add, the activation) run as element-wise ops over the
+    output. Empty for memory-bound blocks and blocks without an epilogue."""
+    if sig.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not sig.epilogue:
+        return ()
+    elems = 1
+    for d in sig.out_hw():
+        elems *= d
+    return tuple(BlockSignature(op="Elementwise", kernel=(), stride=(), pads=(), dilation=(), groups="depthwise",
+                                in_hw=(max(elems, 1),), batch=sig.batch, dtype=sig.dtype, epilogue=(op,))
+                 for op in sig.epilogue)
+
+
 def _kernel_ops(epilogue: tuple[str, ...]) -> tuple[str, ...]:
     """The epilogue as the kernel runs it: BatchNormalization is folded into the weights, so a model
     with BN nodes shares its tables with the same model exported with BN folded."""

@@ -19,7 +19,7 @@ from ..errors import HalpError
 from ..passes.channel_groups import ChannelAnalysis
 from ..passes.load import LoadedModel
 from . import analytic
-from .blocks import Block, block_widths, model_blocks
+from .blocks import Block, block_widths, model_blocks, orphan_signatures
 from .signature import MEMORY_BOUND_OPS, BlockSignature
 from .store import Profile, find_profile, lock, profile_name, read_profile, write_profile, merge_tables
 from .table import LatencyTable, sample
@@ -90,6 +90,10 @@ def domains(blocks: Sequence[Block], analysis: ChannelAnalysis) -> dict[str, Dom
                        sig.op in MEMORY_BOUND_OPS)
         key = sig.key()
         out[key] = out[key].grow(d) if key in out else d
+        if d.vary_in and not diagonal:  # the input side may be removed: time what would be left
+            for o in orphan_signatures(sig):
+                od = Domain(b.c_out, b.c_out, d.vary_out, d.vary_out, True, 1, True)
+                out[o.key()] = out[o.key()].grow(od) if o.key() in out else od
     return out
 
 
@@ -111,8 +115,13 @@ class LatencyModel:
         return analytic.LABEL if self.estimated else "measured"
 
     def block_ms(self, sig: BlockSignature, c_in: int, c_out: int) -> float:
-        if c_in <= 0 or c_out <= 0:
+        """Latency of a block at ``(c_in, c_out)``; with no input channel left, what its epilogue
+        costs on its own (the branch folded to a constant, the join and activation remain)."""
+        if c_out <= 0:
             return 0.0
+        if c_in <= 0:
+            return sum(self.block_ms(o, c_out, c_out) for o in orphan_signatures(sig)
+                       if self.profile is None or o.key() in self.profile.tables)
         if self.profile is None:
             return analytic.estimate_ms(sig, c_in, c_out, self.target.gpu_spec)
         table = self.profile.tables.get(sig.key())
@@ -170,7 +179,7 @@ def predict(blocks: Sequence[Block], lm: LatencyModel, analysis: ChannelAnalysis
     rows = []
     for b in blocks:
         ci, co = (b.c_in, b.c_out) if kept is None else block_widths(analysis, kept, b)
-        ms = lm.block_ms(b.signature, ci, co) if ci > 0 and co > 0 else 0.0
+        ms = lm.block_ms(b.signature, ci, co) if co > 0 else 0.0
         rows.append(BlockLatency(b.node, b.signature.op, b.signature.key(), ci, co, ms,
                                  lm.is_measured(b.signature, ci, co)))
     total = sum(r.ms for r in rows) + lm.overhead_ms
