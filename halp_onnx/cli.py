@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except HalpError as err:
         print(f"halp-onnx: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("halp-onnx: interrupted, nothing written", file=sys.stderr)
         return 130

@@ -355,6 +355,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
             _relocate_external(tmp, data_name)
         else:
             onnx.save_model(model, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the permissions of a normal file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
