@@ -180,6 +180,22 @@ def test_prediction_is_the_block_sum_minus_overheads(profile_dir):
     assert predict(blocks, run.model, an, kept).total_ms < pred.total_ms
 
 
+def test_a_removed_branch_costs_its_residual_add_and_activation(profile_dir):
+    from halp_onnx.profiles.blocks import orphan_signatures
+
+    loaded, an = inspect(example("resnet"))
+    run = latency_model(loaded, an, "ort-cpu", backend=FakeBackend(), profile_path=profile_dir / "o.json")
+    blocks = model_blocks(loaded, an)
+    fused = [b for b in blocks if b.signature.op == "Conv" and "Add" in b.signature.epilogue]
+    assert fused
+    sig = fused[0].signature
+    parts = orphan_signatures(sig)
+    assert [p.epilogue for p in parts] == [("Add",), ("Relu",)]
+    cost = run.model.block_ms(sig, 0, fused[0].c_out)
+    assert cost == pytest.approx(sum(run.model.block_ms(p, fused[0].c_out, fused[0].c_out) for p in parts))
+    assert 0 < cost < run.model.block_ms(sig, fused[0].c_in, fused[0].c_out)
+
+
 def test_store_errors_and_atomic_write(profile_dir):
     bad = profile_dir / "bad.json"
     bad.parent.mkdir(parents=True, exist_ok=True)
