@@ -271,10 +271,14 @@ def compile(model, target: str = "ort-cpu", latency: str | float = 0.5, *, calib
             min_keep: float = 0.1, allow_removal: bool = True, prune_first: bool = False, threads: int = 1,
             input_shapes: dict | None = None, measure: bool | None = None, measure_result: bool = True,
             progress: bool = False, profile_path=None, device: str = "cpu",
-            importance: Importance | None = None) -> CompileResult:
+            importance: Importance | None = None, calibrate: int = 3,
+            calibrate_tol: float = 0.03) -> CompileResult:
     """HALP one-shot: keep the most important channels within a latency budget on ``target``.
 
-    Returns a :class:`CompileResult` whose ``model`` is the verified pruned ONNX model."""
+    Returns a :class:`CompileResult` whose ``model`` is the verified pruned ONNX model. Where the target
+    can be measured here, the result is timed against ``latency`` x the measured dense latency and, if it
+    misses by more than ``calibrate_tol``, solved again with the knapsack budget rescaled (at most
+    ``calibrate`` times; the best result within the target is kept)."""
     from .api import inspect, require_prunable
     from .profiles.backends import get_backend
     from .profiles.blocks import model_blocks
@@ -339,32 +343,63 @@ def compile(model, target: str = "ort-cpu", latency: str | float = 0.5, *, calib
     orders, values = {}, {}
     for g, ch in cm.choices.items():
         orders[g], values[g] = ranked_values(analysis, importance.scores, ch)
-    if budget >= dense_ms:
-        widths, rounds, stats = dense, [], {"solver": solver, "rounds": 0, "note": "budget >= dense latency"}
-    else:
-        widths, rounds, stats = solve_rounds(cm, values, block_ms, lm.overhead_ms, budget, solver=solver)
+    def solve_for(solver_budget: float):
+        if solver_budget >= dense_ms:
+            return dense, [], {"solver": solver, "rounds": 0, "note": "budget >= dense latency"}
+        return solve_rounds(cm, values, block_ms, lm.overhead_ms, solver_budget, solver=solver)
+
+    def rewrite_for(w: dict[int, int]):
+        keep = {g: np.sort(orders[g][:n]) for g, n in w.items() if n < cm.choices[g].size}
+        return rewrite(loaded, analysis, keep)
+
+    widths, rounds, stats = solve_for(budget)
     seconds["knapsack"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
-    keep = {g: np.sort(orders[g][:w]) for g, w in widths.items() if w < cm.choices[g].size}
-    result = rewrite(loaded, analysis, keep)
+    result = rewrite_for(widths)
     seconds["rewrite"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    check = verify(loaded, analysis, result.kept, result.model)
-    seconds["verify"] = time.perf_counter() - t0
 
-    pred_dense = predict(blocks, lm)
-    pred_after = predict(blocks, lm, analysis, result.kept)
     dense_measured = measured = None
+    calibration: list[dict] = []
     available, reason = target_status(lm.target)
     if measure_result and available and not lm.estimated:
+        # closed loop: the table sets the widths, the measurement checks them; where the result misses the
+        # measured target, the knapsack budget is rescaled by the miss and the model solved again
         t0 = time.perf_counter()
         backend = get_backend(lm.target, threads=threads)
-        dense_measured = backend.time_model(loaded.model, budget_s=2.0).median_ms
-        measured = backend.time_model(result.model, budget_s=2.0).median_ms
+
+        def timed(model) -> float:
+            return min(backend.time_model(model, budget_s=0.7).median_ms for _ in range(3))
+
+        dense_measured = timed(loaded.model)
+        target_ms = amount * dense_measured if kind == "share" else amount
+        measured = timed(result.model)
+        solver_budget = budget
+        candidates = [(measured, widths, rounds, stats, result)]
+        calibration.append({"knapsack_budget_ms": solver_budget, "measured_ms": measured, "target_ms": target_ms})
+        for _ in range(calibrate):
+            miss = measured / target_ms
+            if 1 - calibrate_tol <= miss <= 1.0 + calibrate_tol / 3:
+                break
+            solver_budget = min(max(solver_budget / miss, min_ms), dense_ms)
+            w2, r2, s2 = solve_for(solver_budget)
+            if w2 == candidates[-1][1]:
+                break
+            res2 = rewrite_for(w2)
+            measured = timed(res2.model)
+            calibration.append({"knapsack_budget_ms": solver_budget, "measured_ms": measured, "target_ms": target_ms})
+            candidates.append((measured, w2, r2, s2, res2))
+        fits = [c for c in candidates if c[0] <= target_ms * (1 + calibrate_tol / 3)]
+        pick = max(fits, key=lambda c: c[0]) if fits else min(candidates, key=lambda c: c[0])
+        measured, widths, rounds, stats, result = pick
+        stats = dict(stats, calibration=calibration)
         seconds["measure"] = time.perf_counter() - t0
     elif lm.estimated:
         warn.append(f"latencies on {tgt.name} are analytic estimates, not measurements ({reason})")
+    t0 = time.perf_counter()
+    check = verify(loaded, analysis, result.kept, result.model)
+    seconds["verify"] = time.perf_counter() - t0
+    pred_dense = predict(blocks, lm)
+    pred_after = predict(blocks, lm, analysis, result.kept)
 
     rows = []
     group_ms_dense, _ = group_costs(cm, dense, block_ms)

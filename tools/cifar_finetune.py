@@ -96,6 +96,8 @@ def train(args) -> int:
     rows = ROWS if args.rows == "all" else tuple(args.rows.split(","))
     x, y = _data(args)
     cfg = _config(args)
+    with open(work / "train_commands.txt", "a") as fh:
+        fh.write("python tools/cifar_finetune.py " + " ".join(sys.argv[1:]) + "\n")
     steps_total = int(np.ceil(args.epochs * (len(x) // args.batch_size)))
     for row in rows:
         t0 = time.perf_counter()
@@ -135,7 +137,7 @@ def train(args) -> int:
             ft = finetune(start, dense, (x, y), cfg, progress=False)
             model = ft.model
         meta["train_seconds"] = time.perf_counter() - t0
-        meta["history"] = ft.history
+        meta["finetune_history"] = ft.history
         _save(model, work / f"{row}.onnx", meta)
         print(f"{row}: {meta['train_seconds']:.0f} s", flush=True)
     return 0
@@ -165,7 +167,7 @@ def report(args) -> int:
     for name, model, meta in entries:
         rows.append({"name": name, "top1_jpeg": zoo.top1_onnx(model, tx, ty),
                      "top1_exact1017": zoo.top1_onnx(model, ex, ey), "meta": {k: v for k, v in meta.items()
-                                                                              if k != "history"}})
+                                                                              if k not in ("history", "finetune_history")}})
     one = [with_batch(m) for _, m, _ in entries]
     for _ in range(2):
         for r, m in zip(rows, one):
@@ -181,7 +183,8 @@ def report(args) -> int:
     out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1, default=float))
     meta = next((m for _, _, m in entries if m.get("epochs")), {})
     lines = [f"# CIFAR ResNet-56: pruning to {args.latency:g} x ort-cpu latency + fine-tuning", "",
-             f"Made by `{command}` after the `train` step. Same fine-tuning budget for every row: "
+             f"Made by `{command}` after the `train` step(s): " + "; ".join(
+                 f"`{c}`" for c in _train_commands(work)) + ". Same fine-tuning budget for every row: "
              f"{meta.get('epochs')} epoch(s) over {meta.get('train_images')} JPEG training images, batch "
              f"{meta.get('batch_size')}, SGD lr {meta.get('lr')} cosine, KD from the dense model + CE, on CPU. "
              "Top-1 on the 10,000 JPEG test images and the 1,017 exact images; latency measured side by side "
@@ -192,6 +195,11 @@ def report(args) -> int:
                      f"{r['measured_ms']:.3f} | {r['latency_share']:.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
+
+
+def _train_commands(work: Path) -> list[str]:
+    f = work / "train_commands.txt"
+    return [c for c in f.read_text().splitlines() if c] if f.exists() else []
 
 
 def main() -> int:
