@@ -16,8 +16,10 @@ def test_resnet_blocks_fuse_bn_free_epilogues_and_follow_widths():
     assert len(convs) == 7 and all(b.signature.kernel == (3, 3) for b in convs)
     assert convs[0].c_in == 3 and convs[0].signature.in_hw == (32, 32)
     assert {b.signature.stride for b in convs} == {(1, 1), (2, 2)}
-    assert convs[0].signature.epilogue == ("BatchNormalization", "Relu")
-    assert ("BatchNormalization", "Add", "Relu") in {b.signature.epilogue for b in convs}  # residual fused
+    # BN is folded into the kernel's weights: the signature (the table key) names what the kernel runs
+    assert convs[0].signature.epilogue == ("Relu",)
+    assert ("Add", "Relu") in {b.signature.epilogue for b in convs}  # residual fused
+    assert len(convs[0].fused) == 2  # its BN and Relu nodes belong to the block
     gemm = next(b for b in blocks if b.signature.op == "Gemm")
     assert (gemm.c_in, gemm.c_out) == (64, 10)
     # widths under a keep choice equal the rewritten model's real channel counts
