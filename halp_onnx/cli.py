@@ -9,8 +9,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
+from .cli_io import check_output, write_text_atomic
 from .errors import HalpError
 
 EXIT_USAGE = 2
@@ -78,13 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _check_output(model: str, out: str, option: str) -> None:
-    if Path(out).resolve() == Path(model).resolve():
-        raise HalpError(f"{option} {out}: the output path is the input model; choose another file", stage="cli")
-    if Path(out).is_dir():
-        raise HalpError(f"{option} {out}: is a directory", stage="cli")
-
-
 def _example(args) -> int:
     from .examples import example
     from .passes.rewrite import save_model
@@ -130,9 +123,8 @@ def _prune(args) -> int:
     from .passes.select import channel_scores, keep_by_ratio
     from .passes.verify import verify
 
-    _check_output(args.model, args.out, "-o")
-    if args.report:
-        _check_output(args.model, args.report, "--report")
+    check_output(args.model, args.out, "-o")
+    check_output(args.model, args.report, "--report")
     times = {}
     t0 = time.perf_counter()
     loaded, analysis = inspect(args.model, parse_input_shapes(args.input_shape))
@@ -150,9 +142,7 @@ def _prune(args) -> int:
         report = {"model": loaded.to_dict(), "ratio": args.ratio, "criterion": args.criterion,
                   "rewrite": result.to_dict(), "verification": check.to_dict(),
                   "seconds": {k: round(v, 3) for k, v in times.items()}}
-        tmp = Path(args.report).with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(args.report)
+        write_text_atomic(args.report, json.dumps(report, indent=1))
     _print_table(analysis, result)
     print(f"verified: max relative error {check.max_rel_error:.2e} (tolerance {check.tolerance:g}, "
           f"{check.trials} random inputs)")

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_io import check_output, write_text_atomic
 from .errors import HalpError
 
 STAGE = "cli"
@@ -55,24 +56,6 @@ def add_parser(sub):
     return p
 
 
-def _check_output(model: str, out: str | None, option: str) -> None:
-    if out is None:
-        return
-    if Path(out).resolve() == Path(model).resolve():
-        raise HalpError(f"{option} {out}: the output path is the input model; choose another file", stage=STAGE)
-    if Path(out).is_dir():
-        raise HalpError(f"{option} {out}: is a directory", stage=STAGE)
-    if not Path(out).resolve().parent.is_dir():
-        raise HalpError(f"{option} {out}: folder {Path(out).parent} does not exist", stage=STAGE)
-
-
-def _atomic_text(path: str, text: str) -> None:
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(p)
-
-
 def run(args) -> int:
     from .cli_profile import input_shapes, resolve_target
     from .compiler import compile, parse_latency
@@ -82,7 +65,7 @@ def run(args) -> int:
 
     for option, value in (("-o", args.out), ("--report", args.report), ("--html", args.html),
                           ("--engine", args.engine)):
-        _check_output(args.model, value, option)
+        check_output(args.model, value, option, folder_must_exist=True)
     parse_latency(args.latency)
     target = resolve_target(args)
     if args.engine:
@@ -117,12 +100,12 @@ def run(args) -> int:
     report = result.to_dict()
     report["output"] = args.out
     if args.report:
-        _atomic_text(args.report, json.dumps(report, indent=1))
+        write_text_atomic(args.report, json.dumps(report, indent=1))
         written.append(args.report)
     if args.html:
         from .report_html import html_report
 
-        _atomic_text(args.html, html_report(result))
+        write_text_atomic(args.html, html_report(result))
         written.append(args.html)
     print_summary(result)
     print("wrote " + ", ".join(written))
@@ -172,7 +155,7 @@ def run_iterative(args, target, mean, std, progress) -> int:
         report["dense_measured_ms"] = backend.time_model(args.model).median_ms
         report["measured_ms"] = backend.time_model(res.model).median_ms
     if args.report:
-        _atomic_text(args.report, json.dumps(report, indent=1, default=float))
+        write_text_atomic(args.report, json.dumps(report, indent=1, default=float))
     (p0, p1), (m0, m1) = res.rewrite.params, res.rewrite.macs
     print(f"iterative HALP: {len(res.history)} pruning steps; predicted {res.dense_predicted_ms:.4g} -> "
           f"{res.predicted_ms:.4g} ms (budget {res.budget_ms:.4g} ms); params {p1 / p0:.3f}x, MACs {m1 / m0:.3f}x")

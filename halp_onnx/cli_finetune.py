@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_io import check_output, write_text_atomic
 from .errors import HalpError
 
 STAGE = "cli"
@@ -63,13 +64,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _check_output(model: str, out: str, option: str) -> None:
-    if Path(out).resolve() == Path(model).resolve():
-        raise HalpError(f"{option} {out}: the output path is the input model; choose another file", stage=STAGE)
-    if Path(out).is_dir():
-        raise HalpError(f"{option} {out}: is a directory", stage=STAGE)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``finetune`` from parsed arguments; raises HalpError for user errors."""
     from .data import load_data, parse_floats, parse_size
@@ -77,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("model", args.model), ("--teacher", args.teacher)):
         if path is not None and not Path(path).is_file():
             raise HalpError(f"{option} {path}: no such file", stage=STAGE)
-    _check_output(args.model, args.out, "-o")
+    check_output(args.model, args.out, "-o")
     if args.teacher:
-        _check_output(args.teacher, args.out, "-o")
+        check_output(args.teacher, args.out, "-o")
     if args.report:
-        _check_output(args.model, args.report, "--report")
+        check_output(args.model, args.report, "--report")
     mean = parse_floats(args.mean, "--mean")
     std = parse_floats(args.std, "--std")
     if any(s <= 0 for s in std):
@@ -135,9 +129,7 @@ def run(args: argparse.Namespace) -> int:
                   "labeled": data.labeled, "config": config.to_dict(), "history": result.history,
                   "initial_eval_top1": result.initial_eval_top1, "steps": result.steps,
                   "samples": result.samples, "seconds": round(result.seconds, 3)}
-        tmp = Path(args.report).with_name(f".{Path(args.report).name}.tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(args.report)
+        write_text_atomic(args.report, json.dumps(report, indent=1))
     mode = "KD + CE" if args.teacher and data.labeled else ("label-free KD" if args.teacher else "CE")
     print(f"fine-tuned {args.model} ({mode}): {result.steps} steps, {result.samples:,} images, "
           f"{result.seconds:.1f}s")

@@ -280,7 +280,7 @@ def compile(model, target: str = "ort-cpu", latency: str | float = 0.5, *, calib
     misses by more than ``calibrate_tol``, solved again with the knapsack budget rescaled (at most
     ``calibrate`` times; the best result within the target is kept)."""
     from .api import inspect, require_prunable
-    from .profiles.backends import get_backend
+    from .profiles.backends import best_of_medians, get_backend
     from .profiles.blocks import model_blocks
     from .profiles.latency import latency_model, predict
     from .profiles.targets import target_status
@@ -368,7 +368,7 @@ def compile(model, target: str = "ort-cpu", latency: str | float = 0.5, *, calib
         backend = get_backend(lm.target, threads=threads)
 
         def timed(model) -> float:
-            return min(backend.time_model(model, budget_s=0.7).median_ms for _ in range(3))
+            return best_of_medians(backend, model, 2.1)
 
         dense_measured = timed(loaded.model)
         target_ms = amount * dense_measured if kind == "share" else amount

@@ -51,12 +51,12 @@ def model_paths(zoo: Path, names: list[str]) -> dict[str, tuple[str, dict]]:
 
 
 def measure(backend, model, budget_s: float, passes: int = 3) -> float:
-    """Best of ``passes`` medians: other tenants of a shared machine only ever add time."""
-    return min(backend.time_model(model, budget_s=budget_s / passes).median_ms for _ in range(passes))
+    from halp_onnx.profiles.backends import best_of_medians
+
+    return best_of_medians(backend, model, budget_s, passes)
 
 
 def random_keep(analysis, cm, rng, aligned: bool):
-    from halp_onnx.passes.select import group_order
 
     f = rng.uniform(0.25, 1.0)
     keep = {}
@@ -75,7 +75,6 @@ def random_keep(analysis, cm, rng, aligned: bool):
 
 def bench_model(name, path, shapes, variants, rng, budget_s, work: Path, refresh: bool = False) -> dict:
     from halp_onnx.api import inspect
-    from halp_onnx.compiler import first_layer_groups
     from halp_onnx.passes.latency_cost import build_cost_model
     from halp_onnx.passes.rewrite import rewrite
     from halp_onnx.profiles.backends import OrtCpuBackend

@@ -16,7 +16,6 @@ the median and 90th-percentile absolute error after that fit, and the Spearman r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path

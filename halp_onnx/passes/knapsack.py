@@ -225,17 +225,24 @@ def _fill(items: list[KnapsackItem], picks: list[int], budget: float) -> list[in
     return p.tolist()
 
 
+def _prepare(items, budget, bins, solver: str, t0: float):
+    """Shared start of both solvers: validated inputs, the smallest cost, and the answer when every
+    group's best width already fits (then nothing needs solving)."""
+    items, budget = _check(items, budget)
+    bins = _check_bins(bins)
+    lo = _require_feasible(items, budget)
+    top = _unconstrained(items, budget)
+    return items, budget, bins, lo, (_solution(items, top, budget, solver, t0) if top is not None else None)
+
+
 def solve_exact(items: Sequence[KnapsackItem], budget: float, *, bins: int = 4096) -> KnapsackSolution:
     """Multiple-choice knapsack DP on a ceil-discretised cost axis of ``bins`` steps over the slack
     ``budget - min_cost``; optimal on the discretised problem, then greedily filled on the exact
     budget. Raises :class:`HalpError` if ``budget < min_cost(items)``."""
     t0 = time.perf_counter()
-    items, budget = _check(items, budget)
-    bins = _check_bins(bins)
-    lo = _require_feasible(items, budget)
-    top = _unconstrained(items, budget)
-    if top is not None:
-        return _solution(items, top, budget, "exact", t0)
+    items, budget, bins, lo, done = _prepare(items, budget, bins, "exact", t0)
+    if done is not None:
+        return done
     idx = _discretise(items, budget, lo, bins)
     n = bins + 1
     # Per group: Pareto frontier of (discretised extra cost, value), cost ascending, value increasing.
@@ -284,12 +291,9 @@ def solve_augmented(items: Sequence[KnapsackItem], budget: float, *, bins: int =
     longer prefix). Cells span the budget (or the start's latency, if higher), so a step whose
     prefix exceeds them blocks the rest of its group. Approximate."""
     t0 = time.perf_counter()
-    items, budget = _check(items, budget)
-    bins = _check_bins(bins)
-    lo = _require_feasible(items, budget)
-    top = _unconstrained(items, budget)
-    if top is not None:
-        return _solution(items, top, budget, "augmented", t0)
+    items, budget, bins, lo, done = _prepare(items, budget, bins, "augmented", t0)
+    if done is not None:
+        return done
     G = len(items)
     # Cells hold solutions with discretised latency <= cell. The axis extends above the budget
     # (up to AUG_AXIS_CAP * bins) when the all-smallest start does not fit.

@@ -210,28 +210,21 @@ def with_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
 def block_feeds_for(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
     """Random inputs for a model with static input shapes, or only a symbolic batch dim (then
     ``batch``); a clear error otherwise."""
-    rng = np.random.default_rng(seed)
+    from ..passes.verify import random_inputs
+
     init = {i.name for i in model.graph.initializer}
-    feeds = {}
     for vi in model.graph.input:
-        if vi.name in init:
-            continue
         dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value") and all(d.HasField("dim_value") for d in dims[1:]):
-            shape = [batch] + [d.dim_value for d in dims[1:]]  # a symbolic batch dim: time this batch
-        elif any(not d.HasField("dim_value") for d in dims):
+        if vi.name not in init and any(not d.HasField("dim_value") for d in dims[1:]):
             raise HalpError(f"input {vi.name!r} has dynamic dims; give --input-shape {vi.name}:1x3x224x224",
                             stage=STAGE)
-        else:
-            shape = [d.dim_value for d in dims]
-        et = vi.type.tensor_type.elem_type
-        if et == onnx.TensorProto.FLOAT16:
-            feeds[vi.name] = rng.standard_normal(shape).astype(np.float16)
-        elif et in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
-            feeds[vi.name] = np.zeros(shape, dtype=np.int64 if et == onnx.TensorProto.INT64 else np.int32)
-        else:
-            feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
+    return random_inputs(with_batch(model, batch), np.random.default_rng(seed))
+
+
+def best_of_medians(backend, model, budget_s: float, passes: int = 3) -> float:
+    """The smallest of ``passes`` median run times (ms): other tenants of a shared machine only ever
+    add time, so the least disturbed pass is the figure."""
+    return min(backend.time_model(model, budget_s=budget_s / passes).median_ms for _ in range(passes))
 
 
 class TensorRTBackend:

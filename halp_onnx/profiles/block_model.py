@@ -143,11 +143,7 @@ def block_model(sig: BlockSignature, c_in: int, c_out: int, *, seed: int = 0) ->
 
 
 def block_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for a block model."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for vi in model.graph.input:
-        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        dtype = np.float16 if vi.type.tensor_type.elem_type == TensorProto.FLOAT16 else np.float32
-        feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
+    """Random inputs for a block model (static shapes)."""
+    from ..passes.verify import random_inputs
+
+    return random_inputs(model, np.random.default_rng(seed))
