@@ -6,6 +6,7 @@ import html
 import io
 
 from .errors import HalpError
+from .ops.table import ANCHOR_OPS
 
 
 def _png(fig) -> str:
@@ -27,7 +28,7 @@ def html_report(result) -> str:
     r = result
     est = r.label != "measured"
     figs = []
-    convs = [b for b in r.blocks if b["op"] in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    convs = [b for b in r.blocks if b["op"] in ANCHOR_OPS]
     x = range(len(convs))
     fig, ax = plt.subplots(figsize=(11, 3.5))
     ax.bar(x, [b["c_out"][0] for b in convs], color="#c8d3e6", label="dense")

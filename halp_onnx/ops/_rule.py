@@ -1,18 +1,8 @@
-"""The rule record and small helpers shared by the op table's modules."""
+"""Small helpers shared by the channel rules of the op table's modules."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnx
-
-
-@dataclass(frozen=True)
-class OpRule:
-    analyze: Callable  # (node, AnalysisContext) -> None
-    rewrite: Callable | None = None  # (node, RewriteContext) -> None
-    since: int = 1  # first opset the rule understands
 
 
 def norm_axis(axis: int, rank: int) -> int:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..labels import Labels
-from ._rule import OpRule, who
+from ._rule import who
 
 
 def analyze_broadcast(node, ctx) -> None:
@@ -50,18 +50,3 @@ def analyze_broadcast(node, ctx) -> None:
     for out in outputs:
         if ctx.shapes.get(out) is not None and len(ctx.shape(out)) == rank:
             ctx.set(out, base)
-
-
-_ELEMENTWISE = (
-    # unary
-    "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu",
-    "Erf", "Tanh", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Shrink", "Dropout", "Identity",
-    "Cast", "CastLike", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round",
-    "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Sign", "Not", "IsNaN", "IsInf",
-    "QuantizeLinear", "DequantizeLinear",
-    # binary / variadic with broadcasting
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "PRelu", "Where", "Equal", "Less",
-    "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift",
-)
-
-RULES = {op: OpRule(analyze_broadcast) for op in _ELEMENTWISE}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..labels import Labels
-from ._rule import OpRule, ints_arg, norm_axis, who
+from ._rule import ints_arg, norm_axis, who
 from .elementwise import analyze_broadcast
 
 _MAX_RESHAPE_ELEMENTS = 1 << 26
@@ -312,21 +312,3 @@ def rewrite_expand(node, rw) -> None:
 
 def analyze_shape_only(node, ctx) -> None:
     """Reads only the input's shape: nothing to couple (the value adapts at runtime)."""
-
-
-RULES = {
-    "Reshape": OpRule(analyze_reshape, rewrite_reshape),
-    "Flatten": OpRule(analyze_reshape),
-    "Squeeze": OpRule(analyze_reshape),
-    "Unsqueeze": OpRule(analyze_reshape),
-    "Transpose": OpRule(analyze_transpose),
-    "Concat": OpRule(analyze_concat),
-    "Split": OpRule(analyze_split, rewrite_split),
-    "Slice": OpRule(analyze_slice, rewrite_slice),
-    "Pad": OpRule(analyze_pad, rewrite_pad),
-    "Gather": OpRule(analyze_gather, rewrite_gather),
-    "Expand": OpRule(analyze_expand_tile, rewrite_expand),
-    "Tile": OpRule(analyze_expand_tile),
-    "Shape": OpRule(analyze_shape_only),
-    "Size": OpRule(analyze_shape_only),
-}

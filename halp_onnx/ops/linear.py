@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..labels import Labels
-from ._rule import OpRule, who
+from ._rule import who
 
 
 def analyze_conv(node, ctx) -> None:
@@ -118,11 +118,3 @@ def analyze_matmul(node, ctx) -> None:
     for lab in (la, lb):
         if lab is not None:
             ctx.freeze(lab, f"{who(node)} multiplies the channels in a way halp-onnx cannot split")
-
-
-RULES = {
-    "Conv": OpRule(analyze_conv, rewrite_conv),
-    "ConvTranspose": OpRule(analyze_conv, rewrite_conv),
-    "Gemm": OpRule(analyze_gemm),
-    "MatMul": OpRule(analyze_matmul),
-}

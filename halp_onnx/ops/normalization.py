@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..labels import Labels
-from ._rule import OpRule, ints_arg, norm_axis, who
+from ._rule import ints_arg, norm_axis, who
 
 
 def _per_channel(first_param: int, last_param: int):
@@ -28,6 +28,10 @@ def _per_channel(first_param: int, last_param: int):
         ctx.set(node.output[0], lab)
 
     return analyze
+
+
+analyze_batch_norm = _per_channel(1, 4)
+analyze_instance_norm = _per_channel(1, 2)
 
 
 def analyze_spatial(node, ctx) -> None:
@@ -133,20 +137,3 @@ def analyze_axis_mixer(node, ctx) -> None:
             return
     # same channels out as in (frozen ones stay frozen, so the reason reaches the layers downstream)
     ctx.set(node.output[0], lab)
-
-
-RULES = {
-    "BatchNormalization": OpRule(_per_channel(1, 4)),
-    "InstanceNormalization": OpRule(_per_channel(1, 2)),
-    **{op: OpRule(analyze_spatial) for op in (
-        "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-        "MaxRoiPool")},
-    "Resize": OpRule(analyze_spatial, rewrite_resize),
-    "Upsample": OpRule(analyze_spatial),
-    **{op: OpRule(analyze_reduce) for op in (
-        "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
-        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")},
-    **{op: OpRule(analyze_axis_mixer) for op in (
-        "Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "MeanVarianceNormalization",
-        "LpNormalization", "GroupNormalization", "LRN", "DepthToSpace", "SpaceToDepth", "CumSum")},
-}

@@ -16,6 +16,7 @@ import onnx
 from ..errors import HalpError
 from ..labels import Labels, UnionFind
 from ..metrics import node_macs
+from ..ops.table import ANCHOR_OPS
 from .load import LoadedModel
 
 STAGE = "channel-groups"
@@ -206,7 +207,7 @@ def analyze(loaded: LoadedModel) -> ChannelAnalysis:
             for name in node.input:
                 ctx.freeze(ctx.labels(name) or np.zeros(0, np.int64), reason)
             continue
-        rule.analyze(node, ctx)
+        rule.channels(node, ctx)
         _freeze_subgraph_reads(node, ctx)
     for out in graph.output:
         lab = ctx.labels(out.name)
@@ -340,7 +341,7 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
                            prunable_params=prunable_params, node_macs=macs)
 
 
-_CONSTANT_WHEN_EMPTY = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_CONSTANT_WHEN_EMPTY = ANCHOR_OPS  # a consumer that lost every input channel becomes its bias
 
 
 def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str, Labels],

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from halp_onnx.errors import HalpError
-from halp_onnx.profiles.signature import DTYPE_BYTES, BlockSignature
+from halp_onnx.profiles.signature import DTYPE_BYTES, GEMM_OPS, BlockSignature
 
 __all__ = [
     "GPU_SPECS",
@@ -262,7 +262,7 @@ def estimate(sig: BlockSignature, c_in: int, c_out: int, spec: GpuSpec | str) ->
     launch_s = spec.launch_overhead_us * 1e-6
     base_bytes = sig.bytes_moved(cin_p, cout_p, b)
 
-    if sig.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or sig.is_depthwise:
+    if sig.op not in GEMM_OPS or sig.is_depthwise:
         memory_s = base_bytes / bw
         compute_s = sig.flops(cin_p, cout_p) / (spec.peak_tflops_fp32 * 1e12 * CUDA_CORE_EFFICIENCY)
         total = max(memory_s, compute_s) + launch_s

@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import HalpError
+from ..ops.table import ANCHOR_OPS, SPATIAL_ANCHOR_OPS, Latency, latency_role
 from .signature import BlockSignature
 
 STAGE = "profiles"
@@ -69,7 +70,7 @@ def block_model(sig: BlockSignature, c_in: int, c_out: int, *, seed: int = 0) ->
         nodes.append(helper.make_node(op, ins, [out], name=f"{op.lower()}_{len(nodes)}", **attrs))
         return out
 
-    if sig.op in ("Conv", "ConvTranspose"):
+    if sig.op in SPATIAL_ANCHOR_OPS:
         cpg = sig.channels_per_group
         if cpg is None:
             group = 1
@@ -120,9 +121,9 @@ def block_model(sig: BlockSignature, c_in: int, c_out: int, *, seed: int = 0) ->
     else:  # pragma: no cover - signatures validate their op
         raise HalpError(f"block {sig.key()}: no block model for op {sig.op}", stage=STAGE)
 
-    epilogue = sig.epilogue if sig.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") else ()
+    epilogue = sig.epilogue if sig.op in ANCHOR_OPS else ()
     for op in epilogue:
-        if op == "BatchNormalization":
+        if latency_role(op) is Latency.NORM:
             continue  # folded into the weights by every runtime
         if op == "Add":
             inputs.append(helper.make_tensor_value_info("r", dt, list(out_shape)))

@@ -16,12 +16,14 @@ import onnx
 
 from ..passes.channel_groups import ChannelAnalysis
 from ..passes.load import LoadedModel
+from ..ops.table import ANCHOR_OPS, MATRIX_ANCHOR_OPS, SPATIAL_ANCHOR_OPS, Latency, latency_role, ops_with
 from .signature import BlockSignature
 
-# ops a runtime folds into the epilogue of the preceding GEMM-like kernel
-FUSABLE_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu")
-_POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
-_FREE_OPS = ("Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Size", "Cast")
+# the op table's latency facet: activations a runtime folds into the epilogue of the preceding GEMM-like
+# kernel, pooling, and ops without a kernel of their own
+FUSABLE_ACTIVATIONS = ops_with(Latency.ACTIVATION)
+_POOL_OPS = ops_with(Latency.POOL)
+_FREE_OPS = ops_with(Latency.FREE)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
             continue
         in_shape, out_shape = shapes[node.input[0]], shapes[out]
         batch = int(in_shape[0]) if in_shape else 1
-        if node.op_type in ("Conv", "ConvTranspose") and len(in_shape) >= 3:
+        if node.op_type in SPATIAL_ANCHOR_OPS and len(in_shape) >= 3:
             epilogue, fused, last = _epilogue(node, readers, outputs)
             fused_into.update(fused)
             weight = shapes[node.input[1]]
@@ -85,7 +87,7 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
                                  in_hw=tuple(int(d) for d in in_shape[2:]), batch=batch, dtype=_dtype(precision),
                                  epilogue=_kernel_ops(epilogue))
             blocks.append(Block(node.name, fused, sig, node.input[0], last, int(in_shape[1]), int(out_shape[1])))
-        elif node.op_type in ("Gemm", "MatMul") and node.input[1] in loaded.constants:
+        elif node.op_type in MATRIX_ANCHOR_OPS and node.input[1] in loaded.constants:
             epilogue, fused, last = _epilogue(node, readers, outputs)
             fused_into.update(fused)
             rows = int(np.prod(in_shape[:-1])) // max(batch, 1) if node.op_type == "MatMul" else int(in_shape[0])
@@ -112,7 +114,7 @@ def orphan_signatures(sig: BlockSignature) -> tuple[BlockSignature, ...]:
     """What is left of a GEMM-like block whose input channels are all removed (its branch folded to a
     constant): its epilogue ops (the residual Add, the activation) run as element-wise ops over the
     output. Empty for memory-bound blocks and blocks without an epilogue."""
-    if sig.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not sig.epilogue:
+    if sig.op not in ANCHOR_OPS or not sig.epilogue:
         return ()
     elems = 1
     for d in sig.out_hw():
@@ -125,7 +127,7 @@ def orphan_signatures(sig: BlockSignature) -> tuple[BlockSignature, ...]:
 def _kernel_ops(epilogue: tuple[str, ...]) -> tuple[str, ...]:
     """The epilogue as the kernel runs it: BatchNormalization is folded into the weights, so a model
     with BN nodes shares its tables with the same model exported with BN folded."""
-    return tuple(op for op in epilogue if op != "BatchNormalization")
+    return tuple(op for op in epilogue if latency_role(op) is not Latency.NORM)
 
 
 def _epilogue(node: onnx.NodeProto, readers, outputs) -> tuple[tuple[str, ...], tuple[str, ...], str]:
@@ -135,8 +137,9 @@ def _epilogue(node: onnx.NodeProto, readers, outputs) -> tuple[tuple[str, ...], 
     tensor = node.output[0]
     while tensor not in outputs and len(readers.get(tensor, [])) == 1:
         nxt = readers[tensor][0]
-        folded_norm = nxt.op_type == "BatchNormalization" and not ops  # runtimes fold it into the weights
-        residual = nxt.op_type == "Add" and all(o == "BatchNormalization" for o in ops)  # bias or residual
+        folded_norm = latency_role(nxt.op_type) is Latency.NORM and not ops  # runtimes fold it into the weights
+        residual = (latency_role(nxt.op_type) is Latency.RESIDUAL
+                    and all(latency_role(o) is Latency.NORM for o in ops))  # bias or residual
         activation = nxt.op_type in FUSABLE_ACTIVATIONS and not any(o in FUSABLE_ACTIVATIONS for o in ops)
         if not (folded_norm or residual or activation):
             break

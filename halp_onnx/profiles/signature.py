@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from halp_onnx.errors import HalpError
+from halp_onnx.ops.table import ANCHOR_OPS, MATRIX_ANCHOR_OPS, SPATIAL_ANCHOR_OPS
 
 __all__ = [
     "BlockSignature",
@@ -40,12 +41,12 @@ __all__ = [
 
 STAGE = "profiles"
 
-GEMM_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+GEMM_OPS: tuple[str, ...] = ANCHOR_OPS  # the op table's GEMM-like anchors
 MEMORY_BOUND_OPS: tuple[str, ...] = ("Elementwise", "Pool", "Other")
 OPS: tuple[str, ...] = GEMM_OPS + MEMORY_BOUND_OPS
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "int8": 1}
 DTYPES: tuple[str, ...] = tuple(DTYPE_BYTES)
-_SPATIAL_OPS = ("Conv", "ConvTranspose", "Pool")
+_SPATIAL_OPS = SPATIAL_ANCHOR_OPS + ("Pool",)
 
 # key() layout: fields joined by ";" in this order, tuples joined by "x", empty as "-".
 _KEY_FIELDS = ("k", "s", "p", "d", "g", "in", "b", "t", "e")
@@ -117,7 +118,7 @@ class BlockSignature:
                 )
             if self.op != "Pool" and len(in_hw) != nd:
                 raise _error(f"block signature: kernel {kernel} needs {nd} input dims, got in_hw={in_hw}")
-        elif self.op in ("Conv", "ConvTranspose"):
+        elif self.op in SPATIAL_ANCHOR_OPS:
             raise _error(f"block signature: {self.op} needs a kernel")
         if any(v <= 0 for v in kernel + stride + dilation + in_hw) or any(p < 0 for p in pads):
             raise _error("block signature: kernel/stride/dilation/in_hw must be positive and pads >= 0")
@@ -195,7 +196,7 @@ class BlockSignature:
         if self.op == "ConvTranspose":
             # every input pixel scatters k_in * c_out * kprod products
             return float(self.batch * _prod(self.in_hw) * c_out * self.k_in(c_in) * kprod)
-        if self.op in ("Gemm", "MatMul"):
+        if self.op in MATRIX_ANCHOR_OPS:
             return float(self.batch * _prod(self.in_hw) * c_in * c_out)
         if self.op == "Pool":
             window = kprod if self.kernel else _prod(self.in_hw)
@@ -212,9 +213,9 @@ class BlockSignature:
         b = float(DTYPE_BYTES[self.dtype] if dtype_bytes is None else dtype_bytes)
         n_in = self.batch * c_in * _prod(self.in_hw)
         n_out = self.batch * c_out * _prod(self.out_hw())
-        if self.op in ("Conv", "ConvTranspose"):
+        if self.op in SPATIAL_ANCHOR_OPS:
             n_w = c_out * self.k_in(c_in) * _prod(self.kernel)
-        elif self.op in ("Gemm", "MatMul"):
+        elif self.op in MATRIX_ANCHOR_OPS:
             n_w = c_in * c_out
         else:
             n_w = 0

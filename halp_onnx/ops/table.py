@@ -1,0 +1,193 @@
+"""The op table: everything halp-onnx knows about an ONNX op, one entry per (domain, op type, opset range).
+
+Each :class:`OpEntry` carries the facets the stages need:
+
+* ``channels``: how channels flow through the op (propagate and couple channel labels, say which
+  constants follow the channels, or freeze them with a reason) - read by the channel-group pass;
+* ``rewrite``: how the rewrite pass updates the op's channel-dependent attributes or constant inputs
+  (None: nothing to update beyond the sliced initializers);
+* ``latency``: what the latency model makes of it (:class:`Latency`);
+* ``torch``: its lowering in the torch bridge, ``"family:key"`` naming ``LOWERINGS[key]`` in
+  ``halp_onnx.torch.lower.<family>`` (resolved lazily: the core never imports torch).
+
+An entry covers the op's schema versions ``since`` .. ``until`` (inclusive; None: open). A node is
+resolved through ``onnx.defs``: its schema version at the model's opset picks the entry. Adding an op
+is one entry here (plus, for the torch facet, its lowering function in the family module).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterable
+
+import onnx
+import onnx.defs
+
+from . import elementwise, layout, linear, normalization
+
+
+class Latency(str, enum.Enum):
+    """What the latency model makes of an op."""
+
+    ANCHOR = "anchor"  # GEMM-like kernel (Conv, Gemm, MatMul with constant weight): a block of its own
+    ACTIVATION = "activation"  # fusable into the epilogue of the anchor before it, else memory-bound
+    NORM = "norm"  # folded into the weights right after an anchor (BatchNormalization), else memory-bound
+    RESIDUAL = "residual"  # fusable as the anchor's bias / residual add, else memory-bound
+    POOL = "pool"  # memory-bound pooling over spatial windows
+    MEMORY = "memory"  # memory-bound element-wise / data movement
+    FREE = "free"  # no kernel of its own (views, shape reads, identity)
+
+
+@dataclass(frozen=True)
+class OpEntry:
+    op_type: str
+    domain: str = ""
+    since: int = 1
+    until: int | None = None
+    channels: Callable | None = None  # (node, AnalysisContext) -> None
+    rewrite: Callable | None = None  # (node, RewriteContext) -> None
+    latency: Latency = Latency.MEMORY
+    torch: str | None = None  # "family:key" in halp_onnx.torch.lower
+
+    def covers(self, version: int) -> bool:
+        return self.since <= version and (self.until is None or version <= self.until)
+
+    @property
+    def key(self) -> str:
+        dom = f"{self.domain}::" if self.domain else ""
+        return f"{dom}{self.op_type}@{self.since}" + (f"-{self.until}" if self.until is not None else "+")
+
+
+def _ops(names: Iterable[str], **facets) -> list[OpEntry]:
+    return [OpEntry(name, **facets) for name in names]
+
+
+_BROADCAST = elementwise.analyze_broadcast
+
+ENTRIES: tuple[OpEntry, ...] = tuple([
+    # ---- GEMM-like anchors: create channels (producers) and reduce over input channels (consumers)
+    OpEntry("Conv", channels=linear.analyze_conv, rewrite=linear.rewrite_conv, latency=Latency.ANCHOR,
+            torch="conv:Conv"),
+    OpEntry("ConvTranspose", channels=linear.analyze_conv, rewrite=linear.rewrite_conv, latency=Latency.ANCHOR,
+            torch="conv:ConvTranspose"),
+    OpEntry("Gemm", channels=linear.analyze_gemm, latency=Latency.ANCHOR, torch="linear:Gemm"),
+    OpEntry("MatMul", channels=linear.analyze_matmul, latency=Latency.ANCHOR, torch="linear:MatMul"),
+    # ---- element-wise with numpy broadcasting: channels pass through, coupled inputs merge
+    OpEntry("Relu", channels=_BROADCAST, latency=Latency.ACTIVATION, torch="elementwise:Relu"),
+    OpEntry("Clip", until=10, channels=_BROADCAST, latency=Latency.ACTIVATION, torch="elementwise:Clip@1"),
+    OpEntry("Clip", since=11, channels=_BROADCAST, latency=Latency.ACTIVATION, torch="elementwise:Clip@11"),
+    *[OpEntry(op, channels=_BROADCAST, latency=Latency.ACTIVATION, torch=f"elementwise:{op}")
+      for op in ("LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")],
+    OpEntry("Gelu", channels=_BROADCAST, latency=Latency.ACTIVATION, torch="elementwise:Gelu"),
+    OpEntry("Gelu", domain="com.microsoft", channels=None, latency=Latency.ACTIVATION, torch="elementwise:Gelu@ms"),
+    *[OpEntry(op, channels=_BROADCAST, torch=f"elementwise:{op}") for op in (
+        "Elu", "Selu", "Celu", "Erf", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Shrink",
+        "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round",
+        "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Sign", "Not", "IsNaN", "IsInf",
+        "QuantizeLinear", "DequantizeLinear",
+        "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "PRelu", "Where", "Equal", "Less",
+        "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift")],
+    OpEntry("Add", channels=_BROADCAST, latency=Latency.RESIDUAL, torch="elementwise:Add"),
+    *[OpEntry(op, channels=_BROADCAST, latency=Latency.FREE, torch=f"elementwise:{op}")
+      for op in ("Dropout", "Identity", "Cast", "CastLike")],
+    # ---- normalisation, pooling, reductions, channel mixers
+    OpEntry("BatchNormalization", channels=normalization.analyze_batch_norm, latency=Latency.NORM,
+            torch="norm:BatchNormalization"),
+    OpEntry("InstanceNormalization", channels=normalization.analyze_instance_norm,
+            torch="norm:InstanceNormalization"),
+    *[OpEntry(op, channels=normalization.analyze_spatial, latency=Latency.POOL, torch=f"pool:{op}") for op in (
+        "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool")],
+    OpEntry("Resize", channels=normalization.analyze_spatial, rewrite=normalization.rewrite_resize,
+            torch="pool:Resize"),
+    OpEntry("Upsample", channels=normalization.analyze_spatial, torch="pool:Upsample"),
+    *[OpEntry(op, channels=normalization.analyze_reduce, torch=f"reduce:{op}") for op in (
+        "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")],
+    *[OpEntry(op, channels=normalization.analyze_axis_mixer, torch=f"norm:{op}") for op in (
+        "Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "MeanVarianceNormalization",
+        "LpNormalization", "GroupNormalization", "LRN", "DepthToSpace", "SpaceToDepth", "CumSum")],
+    # ---- layout: reshapes, concatenation, slicing, gathering
+    OpEntry("Reshape", channels=layout.analyze_reshape, rewrite=layout.rewrite_reshape, latency=Latency.FREE,
+            torch="shape:Reshape"),
+    *[OpEntry(op, channels=layout.analyze_reshape, latency=Latency.FREE, torch=f"shape:{op}")
+      for op in ("Flatten", "Squeeze", "Unsqueeze")],
+    OpEntry("Transpose", channels=layout.analyze_transpose, torch="shape:Transpose"),
+    OpEntry("Concat", channels=layout.analyze_concat, torch="shape:Concat"),
+    OpEntry("Split", channels=layout.analyze_split, rewrite=layout.rewrite_split, torch="shape:Split"),
+    OpEntry("Slice", channels=layout.analyze_slice, rewrite=layout.rewrite_slice, torch="shape:Slice"),
+    OpEntry("Pad", channels=layout.analyze_pad, rewrite=layout.rewrite_pad, torch="shape:Pad"),
+    OpEntry("Gather", channels=layout.analyze_gather, rewrite=layout.rewrite_gather, torch="index:Gather"),
+    OpEntry("Expand", channels=layout.analyze_expand_tile, rewrite=layout.rewrite_expand, torch="shape:Expand"),
+    OpEntry("Tile", channels=layout.analyze_expand_tile, torch="shape:Tile"),
+    *[OpEntry(op, channels=layout.analyze_shape_only, latency=Latency.FREE, torch=f"shape:{op}")
+      for op in ("Shape", "Size")],
+])
+
+
+# ---------------------------------------------------------------------------------------- lookup
+def _norm_domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+_BY_OP: dict[tuple[str, str], list[OpEntry]] = {}
+for _e in ENTRIES:
+    _BY_OP.setdefault((_norm_domain(_e.domain), _e.op_type), []).append(_e)
+for _key, _entries in _BY_OP.items():
+    _entries.sort(key=lambda e: e.since)
+    for _a, _b in zip(_entries, _entries[1:]):
+        if _a.until is None or _a.until >= _b.since:
+            raise RuntimeError(f"op table: {_a.key} overlaps {_b.key}")
+
+
+@lru_cache(maxsize=None)
+def schema_version(domain: str, op_type: str, opset: int) -> int:
+    """The version of ``op_type``'s schema in force at ``opset`` (onnx.defs); ``opset`` itself for ops
+    onnx does not define (custom domains)."""
+    try:
+        return int(onnx.defs.get_schema(op_type, opset, _norm_domain(domain)).since_version)
+    except Exception:  # onnx.defs.SchemaError: unknown op or domain
+        return opset
+
+
+def entry_for(domain: str, op_type: str, opset: int | None) -> OpEntry | None:
+    """The entry for ``domain::op_type`` at the model's ``opset`` for that domain (None: the newest)."""
+    entries = _BY_OP.get((_norm_domain(domain), op_type))
+    if not entries:
+        return None
+    if opset is None:
+        return entries[-1]
+    version = schema_version(_norm_domain(domain), op_type, int(opset))
+    for e in entries:
+        if e.covers(version):
+            return e
+    return None
+
+
+def rule_for(node: onnx.NodeProto, opset: int) -> OpEntry | None:
+    """The entry of a node whose channel flow halp-onnx knows, or None (its channels are then frozen)."""
+    if _norm_domain(node.domain) != "":
+        return None
+    entry = entry_for("", node.op_type, opset)
+    return entry if entry is not None and entry.channels is not None else None
+
+
+def ops_with(latency: Latency) -> tuple[str, ...]:
+    """Op types (default domain) whose latency facet is ``latency``, in table order."""
+    seen: dict[str, None] = {}
+    for e in ENTRIES:
+        if e.latency is latency and not e.domain:
+            seen.setdefault(e.op_type)
+    return tuple(seen)
+
+
+def latency_role(op_type: str) -> Latency:
+    """The latency facet of a default-domain op (MEMORY for ops the table does not list)."""
+    entries = _BY_OP.get(("", op_type))
+    return entries[-1].latency if entries else Latency.MEMORY
+
+
+ANCHOR_OPS: tuple[str, ...] = ops_with(Latency.ANCHOR)  # ("Conv", "ConvTranspose", "Gemm", "MatMul")
+SPATIAL_ANCHOR_OPS: tuple[str, ...] = ("Conv", "ConvTranspose")  # anchors with kernels over spatial axes
+MATRIX_ANCHOR_OPS: tuple[str, ...] = tuple(op for op in ANCHOR_OPS if op not in SPATIAL_ANCHOR_OPS)
+FUSABLE_ACTIVATIONS: tuple[str, ...] = ops_with(Latency.ACTIVATION)
