@@ -93,7 +93,7 @@ def run(args) -> int:
     save_model(result.model, args.out)
     written = [args.out]
     if args.engine:
-        from .profiles.tensorrt import TrtBackend
+        from .profiles.trt import TrtBackend
 
         TrtBackend().build_engine(result.model, args.engine, target.precision)
         written.append(args.engine)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from halp_onnx.errors import HalpError
-from halp_onnx.profiles import tensorrt as trt_profiles
-from halp_onnx.profiles.tensorrt import (
+from halp_onnx.profiles import trt as trt_profiles
+from halp_onnx.profiles.trt import (
     EngineInfo,
     LayerProfile,
     PolygraphyResult,

@@ -8,13 +8,15 @@ paid once per whole-model run, so a sum of block timings must not count it per b
 * :class:`OrtCpuBackend`: onnxruntime's CPU provider, ``threads`` intra-op threads (1 by default).
 * :class:`TensorRTBackend`: a TensorRT engine per block (needs TensorRT and a GPU; clear error otherwise).
 * ``torch-cuda``: :mod:`halp_onnx.profiles.torch_cuda` (imports torch only when used).
+
+The shared timing pieces (:class:`Timing`, :func:`time_callable`, :class:`Backend`,
+:func:`block_feeds_for`, :func:`best_of_medians`, ...) live in :mod:`~halp_onnx.profiles.timing`
+and are re-exported here.
 """
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -23,66 +25,28 @@ from ..errors import HalpError
 from .block_model import block_feeds, block_model
 from .signature import BlockSignature
 from .targets import Target, get_target, target_status
+from .timing import STAGE, Backend, Timing, _null_model, best_of_medians, block_feeds_for, time_callable, with_batch
 
-STAGE = "profiles"
+if TYPE_CHECKING:
+    from .trt import Precision
 
-
-@dataclass(frozen=True)
-class Timing:
-    """Robust summary of repeated runs (ms)."""
-
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    runs: int
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def time_callable(fn: Callable[[], object], *, budget_s: float = 0.1, min_runs: int = 5, max_runs: int = 500,
-                  warmup: int = 2) -> Timing:
-    """Warm up, then run ``fn`` until ``budget_s`` has passed and at least ``min_runs`` runs are in;
-    the median is the figure (robust to the other tenants of a shared machine)."""
-    start = time.perf_counter()
-    done = 0
-    while done < warmup or time.perf_counter() - start < 0.25 * budget_s:  # caches, thread pools, packing
-        fn()
-        done += 1
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    ms = np.asarray(times) * 1e3
-    return Timing(float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90)), len(ms))
-
-
-class Backend(Protocol):
-    name: str
-
-    def measure(self, sig: BlockSignature, c_in: int, c_out: int) -> float: ...
-
-    def run_overhead_ms(self) -> float: ...
-
-    def time_model(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None, *,
-                   budget_s: float = 2.0) -> Timing: ...
+__all__ = [
+    "REORDER_OPS",
+    "STAGE",
+    "Backend",
+    "OrtCpuBackend",
+    "TensorRTBackend",
+    "Timing",
+    "_null_model",
+    "best_of_medians",
+    "block_feeds_for",
+    "get_backend",
+    "time_callable",
+    "with_batch",
+]
 
 
 REORDER_OPS = ("ReorderInput", "ReorderOutput")
-
-
-def _null_model(nodes: int = 1) -> onnx.ModelProto:
-    """``nodes`` Relus in a chain on a one-element tensor: what a run costs besides real work."""
-    names = ["x"] + [f"t{i}" for i in range(nodes - 1)] + ["y"]
-    chain = [onnx.helper.make_node("Relu", [names[i]], [names[i + 1]], name=f"relu{i}") for i in range(nodes)]
-    g = onnx.helper.make_graph(chain, "null",
-                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1])],
-                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
 
 
 class OrtCpuBackend:
@@ -196,44 +160,13 @@ class OrtCpuBackend:
         return self._time(model, feeds, budget_s)
 
 
-def with_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
-    """A copy of ``model`` whose symbolic leading input/output dims are ``batch`` (for timing)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for vi in list(m.graph.input) + list(m.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = batch
-    return m
-
-
-def block_feeds_for(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
-    """Random inputs for a model with static input shapes, or only a symbolic batch dim (then
-    ``batch``); a clear error otherwise."""
-    from ..passes.verify import random_inputs
-
-    init = {i.name for i in model.graph.initializer}
-    for vi in model.graph.input:
-        dims = vi.type.tensor_type.shape.dim
-        if vi.name not in init and any(not d.HasField("dim_value") for d in dims[1:]):
-            raise HalpError(f"input {vi.name!r} has dynamic dims; give --input-shape {vi.name}:1x3x224x224",
-                            stage=STAGE)
-    return random_inputs(with_batch(model, batch), np.random.default_rng(seed))
-
-
-def best_of_medians(backend, model, budget_s: float, passes: int = 3) -> float:
-    """The smallest of ``passes`` median run times (ms): other tenants of a shared machine only ever
-    add time, so the least disturbed pass is the figure."""
-    return min(backend.time_model(model, budget_s=budget_s / passes).median_ms for _ in range(passes))
-
-
 class TensorRTBackend:
     """One TensorRT engine per block (Python API), timed with CUDA events; needs TensorRT and a GPU."""
 
     name = "tensorrt"
 
     def __init__(self, precision: str = "fp16", *, iters: int = 100):
-        from .tensorrt import TrtBackend
+        from .trt import TrtBackend
 
         self.trt = TrtBackend()
         self.precision = precision
@@ -242,15 +175,23 @@ class TensorRTBackend:
         if not ok:
             raise HalpError(f"cannot measure on TensorRT here: {reason}", stage=STAGE)
 
+    def _precision(self) -> Precision:
+        """``self.precision`` checked as TensorRT's (the same error ``measure_onnx`` gives)."""
+        from .trt import check_precision
+
+        return check_precision(self.precision)
+
     def measure(self, sig: BlockSignature, c_in: int, c_out: int) -> float:
-        m = self.trt.measure_onnx(block_model(sig, c_in, c_out), self.precision, warmup=10, iters=self.iters)
+        m = self.trt.measure_onnx(block_model(sig, c_in, c_out), self._precision(), warmup=10,
+                                  iters=self.iters)
         return m.median_ms
 
     def run_overhead_ms(self) -> float:
-        return self.trt.measure_onnx(_null_model(), self.precision, warmup=10, iters=self.iters).median_ms
+        return self.trt.measure_onnx(_null_model(), self._precision(), warmup=10,
+                                     iters=self.iters).median_ms
 
     def time_model(self, model, feeds=None, *, budget_s: float = 2.0) -> Timing:
-        m = self.trt.measure_onnx(model, self.precision, warmup=20, iters=200)
+        m = self.trt.measure_onnx(model, self._precision(), warmup=20, iters=200)
         arr = np.asarray(m.samples_ms)
         return Timing(float(np.median(arr)), float(np.percentile(arr, 10)), float(np.percentile(arr, 90)), len(arr))
 

@@ -203,7 +203,7 @@ def _nvidia_smi() -> list[dict[str, str]] | None:
 
 
 def _trt_status(target: Target) -> tuple[bool, str]:
-    from halp_onnx.profiles.tensorrt import TrtBackend
+    from halp_onnx.profiles.trt import TrtBackend
 
     spec = target.gpu_spec
     fallback = f"{target.name} latencies are {LABEL} with the analytic {spec.name} model" if spec else ""

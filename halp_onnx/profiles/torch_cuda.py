@@ -14,7 +14,7 @@ a graph that cannot be captured, e.g. because an op syncs with the host, falls b
 launches) and timed with CUDA events: each event pair spans many back-to-back runs, so that a
 few-microsecond kernel is well above the events' resolution; the figure is the per-run median
 over the repeats. On the CPU (``device="cpu"``: tests, a logic check) runs are timed with
-:func:`~halp_onnx.profiles.backends.time_callable`.
+:func:`~halp_onnx.profiles.timing.time_callable`.
 
 torch is imported only when the backend is constructed.
 """
@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from ..errors import HalpError
-from .backends import Timing, _null_model, block_feeds_for, time_callable
+from .timing import Timing, _null_model, block_feeds_for, time_callable
 from .block_model import block_feeds, block_model
 from .signature import BlockSignature
 
