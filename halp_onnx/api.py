@@ -1,20 +1,18 @@
-"""Python API: the same stages the CLI runs."""
+"""Python API: ``inspect``, ``prune`` and ``compile``, each a configuration of the pipeline."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import onnx
 
-from .errors import HalpError
+from .passes.channel_groups import ChannelAnalysis
+from .passes.load import LoadedModel
+from .passes.rewrite import RewriteResult
+from .passes.verify import VerifyResult
+from .pipeline import PIPELINE, PipelineConfig, PipelineRun, require_prunable
+from .pipeline.config import ModelSource
 
-from .passes.channel_groups import ChannelAnalysis, analyze
-from .passes.load import LoadedModel, load
-from .passes.rewrite import RewriteResult, rewrite
-from .passes.select import channel_scores, keep_by_ratio
-from .passes.verify import VerifyResult, verify
-
-ModelSource = str | os.PathLike | onnx.ModelProto
+__all__ = ["PruneResult", "inspect", "prune", "prune_result", "require_prunable"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +22,7 @@ class PruneResult:
     analysis: ChannelAnalysis
     rewrite: RewriteResult
     verification: VerifyResult | None
+    seconds: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return {"source": self.loaded.source, "rewrite": self.rewrite.to_dict(),
@@ -31,25 +30,22 @@ class PruneResult:
 
 
 def inspect(model: ModelSource, input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[LoadedModel, ChannelAnalysis]:
-    """Load a model and find its channel groups."""
-    loaded = load(model, input_shapes)
-    return loaded, analyze(loaded)
+    """Load a model and find its channel groups (the pipeline up to ``channel-groups``, without refusing
+    a model that has nothing to prune)."""
+    from .passes.channel_groups import analyze
 
-
-def require_prunable(analysis: ChannelAnalysis, source: str) -> None:
-    """Refuse a model where nothing can be pruned, naming the first reason."""
-    if analysis.prunable:
-        return
-    first = next((g.reasons[0] for g in analysis.groups if g.reasons), "the model has no channels to prune")
-    raise HalpError(f"{source}: nothing can be pruned: every channel group is frozen ({first})", stage="channel-groups")
+    run = PIPELINE.run(PipelineConfig(model, mode="ratio", input_shapes=input_shapes), until="load")
+    return run["loaded"], analyze(run["loaded"])
 
 
 def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int = 0,
           input_shapes: dict[str, tuple[int, ...]] | None = None, check: bool = True) -> PruneResult:
     """Remove ``ratio`` of every prunable group's channels, rewrite, and verify (always)."""
-    loaded, analysis = inspect(model, input_shapes)
-    require_prunable(analysis, loaded.source)
-    keep = keep_by_ratio(analysis, channel_scores(loaded, analysis, criterion, seed), ratio)
-    result = rewrite(loaded, analysis, keep, check=check)
-    verification = verify(loaded, analysis, result.kept, result.model)
-    return PruneResult(result.model, loaded, analysis, result, verification)
+    cfg = PipelineConfig(model, mode="ratio", ratio=ratio, criterion=criterion, seed=seed, input_shapes=input_shapes,
+                         check=check)
+    return prune_result(PIPELINE.run(cfg))
+
+
+def prune_result(run: PipelineRun) -> PruneResult:
+    return PruneResult(run["rewritten"].model, run["loaded"], run["analysis"], run["rewritten"], run["verification"],
+                       dict(run.seconds))

@@ -8,10 +8,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from .cli_io import check_output, write_text_atomic
 from .errors import HalpError
+from .pipeline.runner import StageFailure
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("halp-onnx: interrupted, nothing written", file=sys.stderr)
         return 130
+    except StageFailure as err:  # a bug inside a pipeline stage: one line naming the stage unless --debug
+        if args.debug:
+            raise err.error
+        print(f"halp-onnx: internal error: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
     except Exception as err:  # an internal bug: one line unless --debug
         if args.debug:
             raise
@@ -117,38 +122,29 @@ def _names(names, limit: int = 3) -> str:
 
 
 def _prune(args) -> int:
-    from .api import inspect, require_prunable
+    from .api import prune
     from .passes.load import parse_input_shapes
-    from .passes.rewrite import rewrite, save_model
-    from .passes.select import channel_scores, keep_by_ratio
-    from .passes.verify import verify
+    from .passes.rewrite import save_model
 
     check_output(args.model, args.out, "-o")
     check_output(args.model, args.report, "--report")
-    times = {}
-    t0 = time.perf_counter()
-    loaded, analysis = inspect(args.model, parse_input_shapes(args.input_shape))
-    times["load+analyze"] = time.perf_counter() - t0
-    require_prunable(analysis, loaded.source)
-    t0 = time.perf_counter()
-    keep = keep_by_ratio(analysis, channel_scores(loaded, analysis, args.criterion, args.seed), args.ratio)
-    result = rewrite(loaded, analysis, keep)
-    times["select+rewrite"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    check = verify(loaded, analysis, result.kept, result.model)
-    times["verify"] = time.perf_counter() - t0
+    res = prune(args.model, args.ratio, criterion=args.criterion, seed=args.seed,
+                input_shapes=parse_input_shapes(args.input_shape))
+    loaded, analysis, result, check = res.loaded, res.analysis, res.rewrite, res.verification
+    times = res.seconds or {}
     save_model(result.model, args.out)
     if args.report:
         report = {"model": loaded.to_dict(), "ratio": args.ratio, "criterion": args.criterion,
-                  "rewrite": result.to_dict(), "verification": check.to_dict(),
+                  "rewrite": result.to_dict(), "verification": check.to_dict() if check else None,
                   "seconds": {k: round(v, 3) for k, v in times.items()}}
         write_text_atomic(args.report, json.dumps(report, indent=1))
     _print_table(analysis, result)
-    print(f"verified: max relative error {check.max_rel_error:.2e} (tolerance {check.tolerance:g}, "
-          f"{check.trials} random inputs)")
-    if not check.input_sensitive:
-        print("warning: the model's outputs did not change with its inputs, so this check is weak "
-              "(untrained weights whose activations vanish?)")
+    if check is not None:
+        print(f"verified: max relative error {check.max_rel_error:.2e} (tolerance {check.tolerance:g}, "
+              f"{check.trials} random inputs)")
+        if not check.input_sensitive:
+            print("warning: the model's outputs did not change with its inputs, so this check is weak "
+                  "(untrained weights whose activations vanish?)")
     print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
     print(f"wrote {args.out}")
     return 0

@@ -58,7 +58,8 @@ def add_parser(sub):
 
 def run(args) -> int:
     from .cli_profile import input_shapes, resolve_target
-    from .compiler import compile, parse_latency
+    from .budget import LatencyBudget
+    from .compiler import compile
     from .data import parse_floats, parse_size
     from .passes.rewrite import save_model
     from .profiles.targets import target_status
@@ -66,7 +67,7 @@ def run(args) -> int:
     for option, value in (("-o", args.out), ("--report", args.report), ("--html", args.html),
                           ("--engine", args.engine)):
         check_output(args.model, value, option, folder_must_exist=True)
-    parse_latency(args.latency)
+    budget = LatencyBudget.parse(args.latency)
     target = resolve_target(args)
     if args.engine:
         if target.backend != "tensorrt":
@@ -81,11 +82,11 @@ def run(args) -> int:
     size = parse_size(args.size) if args.size else None
     progress = not args.quiet and sys.stderr.isatty()
     if args.iterative:
-        return run_iterative(args, target, mean, std, progress)
+        return run_iterative(args, target, budget, mean, std, progress)
     if args.data:
         raise HalpError("--data is for --iterative; one-shot compile takes calibration images with --calib",
                         stage=STAGE)
-    result = compile(args.model, target, args.latency, calib=args.calib, mean=mean, std=std, size=size,
+    result = compile(args.model, target, budget, calib=args.calib, mean=mean, std=std, size=size,
                      calib_samples=args.calib_samples, solver=args.solver, min_keep=args.min_keep,
                      allow_removal=not args.no_removal, prune_first=args.prune_first, threads=args.threads,
                      input_shapes=input_shapes(args.model, args.input_shape, args.batch),
@@ -112,7 +113,7 @@ def run(args) -> int:
     return 0
 
 
-def run_iterative(args, target, mean, std, progress) -> int:
+def run_iterative(args, target, budget, mean, std, progress) -> int:
     import math
 
     from .data import load_data
@@ -140,7 +141,7 @@ def run_iterative(args, target, mean, std, progress) -> int:
                         "a smaller --interval", stage=STAGE)
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          mean=tuple(mean), std=tuple(std), holdout=holdout, device=args.device)
-    res, ft = compile_iterative(args.model, data, target=target.name, latency=args.latency, config=cfg,
+    res, ft = compile_iterative(args.model, data, target=target.name, latency=budget, config=cfg,
                                 steps=args.steps, interval=args.interval, schedule=args.schedule,
                                 teacher=args.teacher or "self", eval_data=args.eval_data, progress=progress,
                                 min_keep=args.min_keep, allow_removal=not args.no_removal,

@@ -10,7 +10,8 @@ import pytest
 import halp_onnx
 from halp_onnx.api import inspect
 from halp_onnx.cli import main
-from halp_onnx.compiler import calibration_batches, parse_latency
+from halp_onnx.budget import LatencyBudget
+from halp_onnx.passes.calibration import calibration_batches
 from halp_onnx.errors import HalpError
 from halp_onnx.examples import example
 from halp_onnx.passes.latency_cost import build_cost_model, group_costs, total_latency
@@ -35,15 +36,28 @@ def mobilenet(tmp_path_factory):
 
 
 @pytest.mark.parametrize("text,expected", [("0.5", ("share", 0.5)), ("50%", ("share", 0.5)), ("3.2ms", ("ms", 3.2)),
-                                           ("1", ("share", 1.0)), (0.25, ("share", 0.25))])
+                                           ("1", ("share", 1.0)), (0.25, ("share", 0.25)), ("0.5x", ("share", 0.5)),
+                                           ("3200us", ("ms", 3.2)), ("0.0032s", ("ms", 3.2))])
 def test_parse_latency(text, expected):
-    assert parse_latency(text) == expected
+    kind, amount = LatencyBudget.parse(text).as_tuple()
+    assert kind == expected[0] and amount == pytest.approx(expected[1])
 
 
-@pytest.mark.parametrize("bad", ["0", "1.5", "fast", "-2ms", "0ms"])
+@pytest.mark.parametrize("bad", ["0", "1.5", "fast", "-2ms", "0ms", "0us", "50%%", ""])
 def test_parse_latency_rejects(bad):
     with pytest.raises(HalpError, match="--latency"):
-        parse_latency(bad)
+        LatencyBudget.parse(bad)
+
+
+def test_budget_resolves_once_for_every_reader():
+    share = LatencyBudget.parse("50%").resolve(4.0)
+    assert share.ms == pytest.approx(2.0) and share.share == pytest.approx(0.5)
+    assert share.request == "0.5 x dense (2 ms)" and share.target_measured_ms is None
+    assert share.with_measured(6.0).target_measured_ms == pytest.approx(3.0)
+    absolute = LatencyBudget.parse("3200us").resolve(4.0)
+    assert absolute.ms == pytest.approx(3.2) and absolute.share == pytest.approx(0.8)
+    assert absolute.with_measured(10.0).target_measured_ms == pytest.approx(3.2)
+    assert "below the smallest achievable" in str(absolute.infeasible(3.5, "ort-cpu", 0.1))
 
 
 def test_group_costs_add_up_to_the_prediction():
@@ -87,7 +101,7 @@ def test_compile_ort_cpu_end_to_end_cli(mobilenet, tmp_path, capsys):
     report = json.loads(rep.read_text())
     assert report["predicted_ms"] <= report["budget_ms"] * (1 + 1e-9)
     assert report["measured_ms"] > 0 and report["label"] == "measured"
-    assert report["seconds"]["knapsack"] >= 0 and "verify" in report["seconds"]
+    assert report["seconds"]["select"] >= 0 and "verify" in report["seconds"]
     assert "<img src='data:image/png;base64," in page.read_text()
     assert open(mobilenet, "rb").read() == before
 

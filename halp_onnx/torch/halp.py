@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -70,41 +69,32 @@ class IterativePruner:
                  steps: int = 30, interval: int = 40, schedule: str = "geometric", start_after: int = 0,
                  min_keep: float = 0.1, allow_removal: bool = True, prune_first: bool = False,
                  solver: str = "exact", threads: int = 1, input_shapes: dict | None = None,
-                 profile_path=None, measure: bool | None = None, progress: bool = False):
-        from ..api import inspect, require_prunable
-        from ..compiler import first_layer_groups, parse_latency
-        from ..passes.latency_cost import build_cost_model, total_latency
-        from ..profiles.blocks import model_blocks
-        from ..profiles.latency import latency_model
-        from ..profiles.targets import get_target
+                 profile_path=None, measure: bool | None = None, progress: bool = False,
+                 prepared: Any = None):
+        from ..budget import LatencyBudget
+        from ..passes.latency_cost import total_latency
+        from ..pipeline import PIPELINE, PipelineConfig
 
         if steps < 1 or interval < 1:
             raise HalpError(f"steps ({steps}) and interval ({interval}) must be positive", stage=STAGE)
         if schedule not in ("geometric", "linear"):
             raise HalpError(f"schedule {schedule!r}: expected geometric or linear", stage=STAGE)
         self.module = module
-        self.loaded, self.analysis = inspect(model, input_shapes)
-        require_prunable(self.analysis, self.loaded.source)
-        tgt = get_target(target)
-        self.blocks = model_blocks(self.loaded, self.analysis, precision=tgt.precision)
-        run = latency_model(self.loaded, self.analysis, tgt, threads=threads, measure=measure, progress=progress,
-                            blocks=self.blocks, profile_path=profile_path)
-        self.lm = run.model
-        self._block_ms = lru_cache(maxsize=None)(lambda sig, ci, co: self.lm.block_ms(sig, ci, co))
-        frozen = {} if prune_first else first_layer_groups(self.analysis, self.blocks)
-        self.cm = build_cost_model(self.analysis, self.blocks, self.lm.step, min_keep=min_keep,
-                                   allow_removal=allow_removal, frozen=frozen)
-        if not self.cm.choices:
-            raise HalpError(f"{self.loaded.source}: no prunable group left to prune", stage=STAGE)
-        self.widths = {g: ch.size for g, ch in self.cm.choices.items()}
-        self.dense_ms = total_latency(self.cm, self.widths, self._block_ms, self.lm.overhead_ms)
-        kind, amount = parse_latency(latency)
-        self.budget_ms = amount * self.dense_ms if kind == "share" else amount
-        smallest = {g: ch.widths[0] for g, ch in self.cm.choices.items()}
-        min_ms = total_latency(self.cm, smallest, self._block_ms, self.lm.overhead_ms)
-        if self.budget_ms < min_ms:
-            raise HalpError(f"latency budget {self.budget_ms:.4g} ms is below the smallest achievable "
-                            f"{min_ms:.4g} ms ({min_ms / self.dense_ms:.3f} x dense)", stage=STAGE)
+        if prepared is None:  # the pipeline up to the budget: model, channel groups, latency tables, costs
+            cfg = PipelineConfig(source=model, mode="iterative", input_shapes=input_shapes, target=target,
+                                 latency=LatencyBudget.parse(latency), threads=threads, measure=measure,
+                                 profile_path=profile_path, progress=progress, solver=solver, min_keep=min_keep,
+                                 allow_removal=allow_removal, prune_first=prune_first)
+            prepared = PIPELINE.run(cfg, until="budget")
+        self.loaded, self.analysis = prepared["loaded"], prepared["analysis"]
+        self.blocks = prepared["latency"].blocks
+        self.lm = prepared["latency"].model
+        self.plan = prepared["plan"]
+        self._block_ms = self.plan.block_ms
+        self.cm = self.plan.cost
+        self.widths = dict(self.plan.dense)
+        self.dense_ms = self.plan.dense_ms
+        self.budget_ms = self.plan.budget.ms
         self.steps, self.interval, self.schedule, self.start_after = steps, interval, schedule, start_after
         self.solver = solver
         self.gates = ChannelGates(module, self.loaded, self.analysis)
@@ -141,7 +131,7 @@ class IterativePruner:
 
     def prune_step(self) -> PruneStep:
         """Solve the knapsack for the next target over the channels still kept, and mask the rest."""
-        from ..compiler import solve_rounds
+        from ..passes.solve import solve_rounds
         from ..passes.latency_cost import GroupChoices
 
         t0 = time.perf_counter()
@@ -182,17 +172,17 @@ class IterativePruner:
             self.prune_step()
 
     # ------------------------------------------------------------------------------------------
-    def finalize(self, tuned: onnx.ModelProto | None = None) -> IterativeResult:
-        """The physically smaller model: ``tuned`` (default: the module's current weights written into the
-        graph) rewritten to the kept channels, verified against the masked tuned model."""
-        from ..api import inspect
-        from ..passes.rewrite import rewrite
-        from ..passes.verify import verify
+    def tuned_selection(self, tuned: onnx.ModelProto | None = None):
+        """The kept channels as a pipeline Selection on ``tuned`` (default: the module's current weights
+        written into the graph), whose channel groups must be the original's."""
+        from ..pipeline import PIPELINE, PipelineConfig, Selection
 
         if not self.finished:
             self.finish_now()
         tuned = tuned if tuned is not None else self.module.write_back()
-        loaded, analysis = inspect(tuned, {n: s for n, s in self.loaded.input_shapes.items()} or None)
+        shapes = {n: s for n, s in self.loaded.input_shapes.items()} or None
+        run = PIPELINE.run(PipelineConfig(tuned, mode="ratio", input_shapes=shapes), until="channel-groups")
+        loaded, analysis = run["loaded"], run["analysis"]
         if [g.size for g in analysis.groups] != [g.size for g in self.analysis.groups]:
             raise HalpError("the fine-tuned graph's channel groups differ from the original's", stage=STAGE)
         keep = {}
@@ -200,11 +190,83 @@ class IterativePruner:
             members = np.nonzero((analysis.channel_group == g) & self.kept)[0]
             if len(members) < self.cm.choices[g].size:
                 keep[g] = np.sort(analysis.channel_index[members])
-        result = rewrite(loaded, analysis, keep)
-        check = verify(loaded, analysis, result.kept, result.model)
-        pred = self._total_latency(self.cm, self.widths, self._block_ms, self.lm.overhead_ms)
-        return IterativeResult(result.model, result.kept, dict(result.widths), tuple(self.history), self.dense_ms,
-                               pred, self.budget_ms, result, check)
+        return Selection(keep, "iterative", dict(self.widths), base=(loaded, analysis), extra=tuple(self.history))
+
+    def predicted_ms(self) -> float:
+        return self._total_latency(self.cm, self.widths, self._block_ms, self.lm.overhead_ms)
+
+    def finalize(self, tuned: onnx.ModelProto | None = None) -> IterativeResult:
+        """The physically smaller model: ``tuned`` (default: the module's current weights written into the
+        graph) rewritten to the kept channels, verified against the masked tuned model (the pipeline's
+        rewrite and verify stages)."""
+        from ..pipeline import PIPELINE, PipelineConfig
+
+        sel = self.tuned_selection(tuned)
+        assert sel.base is not None
+        loaded, analysis = sel.base
+        run = PIPELINE.run(PipelineConfig(loaded.model, mode="ratio"),
+                           given={"loaded": loaded, "analysis": analysis, "selection": sel})
+        return _result(run["rewritten"], run["verification"], tuple(self.history), self.dense_ms,
+                       self.predicted_ms(), self.budget_ms)
+
+
+def _result(result, check, history, dense_ms, predicted_ms, budget_ms) -> IterativeResult:
+    return IterativeResult(result.model, result.kept, dict(result.widths), history, dense_ms, predicted_ms,
+                           budget_ms, result, check)
+
+
+@dataclass(frozen=True)
+class IterativeSettings:
+    """The torch side of ``compile --iterative`` (``PipelineConfig.iterative``)."""
+
+    data: Any
+    finetune: Any = None  # FinetuneConfig (default: its defaults)
+    steps: int = 30
+    interval: int = 40
+    schedule: str = "geometric"
+    teacher: Any = "self"
+    eval_data: Any = None
+
+
+def _raw_proto(model: Any) -> onnx.ModelProto:
+    from ..passes.load import read_model
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    read_model(model)  # readable errors for a missing / truncated / non-ONNX file
+    return onnx.load(str(model))
+
+
+def iterative_selection(cfg, results):
+    """The pipeline's ``select`` stage in iterative mode: fine-tune the model (KD from the teacher, default
+    the dense model itself, plus CE when labeled) while pruning every ``interval`` optimizer steps for
+    ``steps`` steps, then keep fine-tuning to the end; the kept channels, on the fine-tuned graph."""
+    from .finetune import FinetuneConfig, finetune
+
+    st: IterativeSettings = cfg.iterative
+    if st is None:
+        raise HalpError("iterative mode needs IterativeSettings (training data) in PipelineConfig.iterative",
+                        stage=STAGE)
+    proto = _raw_proto(cfg.source)
+    ftcfg = st.finetune if st.finetune is not None else FinetuneConfig()
+    module = OnnxModule(proto, train_bn=True)
+    pruner = IterativePruner(module, proto, steps=st.steps, interval=st.interval, schedule=st.schedule,
+                             solver=cfg.solver, prepared=results)
+
+    def callback(trainer, step):
+        rec = pruner.step()
+        if rec is not None and cfg.progress:
+            print(f"pruning step {rec.step}/{pruner.steps}: target {rec.target_ms:.4g} ms, predicted "
+                  f"{rec.predicted_ms:.4g} ms, {rec.kept_channels} channels kept", flush=True)
+
+    ft = finetune(module, proto if st.teacher == "self" else st.teacher, st.data, ftcfg, progress=cfg.progress,
+                  callback=callback, eval_data=st.eval_data)
+    if not pruner.finished:
+        raise HalpError(f"training ended after {ft.steps} optimizer steps, before the {st.steps} pruning steps of "
+                        f"{st.interval} steps each ({st.steps * st.interval} steps); give more --epochs or a smaller "
+                        "--interval", stage=STAGE)
+    sel = pruner.tuned_selection(ft.model)
+    return replace(sel, extra=(tuple(pruner.history), ft, pruner.predicted_ms()))
 
 
 def compile_iterative(model: Any, data: Any, *, target: str = "ort-cpu", latency: str | float = 0.5,
@@ -213,35 +275,18 @@ def compile_iterative(model: Any, data: Any, *, target: str = "ort-cpu", latency
                       min_keep: float = 0.1, allow_removal: bool = True, prune_first: bool = False,
                       solver: str = "exact", threads: int = 1, input_shapes: dict | None = None,
                       profile_path=None) -> tuple[IterativeResult, Any]:
-    """Iterative HALP end to end: fine-tune ``model`` on ``data`` (KD from ``teacher``, default the
-    dense model itself, plus CE when labeled) while pruning every ``interval`` optimizer steps for
-    ``steps`` steps, then keep fine-tuning to the end of ``config.epochs``; returns the finalized
-    (rewritten, verified) result and the fine-tuning result."""
-    from ..passes.load import read_model
-    from .finetune import FinetuneConfig, finetune
+    """Iterative HALP end to end (the pipeline in mode "iterative"); returns the finalized (rewritten,
+    verified) result and the fine-tuning result."""
+    from ..budget import LatencyBudget
+    from ..pipeline import PIPELINE, PipelineConfig
 
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
-        read_model(model)  # readable errors for a missing / truncated / non-ONNX file
-        proto = onnx.load(str(model))
-    cfg = config if config is not None else FinetuneConfig()
-    module = OnnxModule(proto, train_bn=True)
-    pruner = IterativePruner(module, proto, target=target, latency=latency, steps=steps, interval=interval,
-                             schedule=schedule, min_keep=min_keep, allow_removal=allow_removal,
-                             prune_first=prune_first, solver=solver, threads=threads, input_shapes=input_shapes,
-                             profile_path=profile_path, progress=progress)
-
-    def callback(trainer, step):
-        rec = pruner.step()
-        if rec is not None and progress:
-            print(f"pruning step {rec.step}/{pruner.steps}: target {rec.target_ms:.4g} ms, predicted "
-                  f"{rec.predicted_ms:.4g} ms, {rec.kept_channels} channels kept", flush=True)
-
-    ft = finetune(module, proto if teacher == "self" else teacher, data, cfg, progress=progress, callback=callback,
-                  eval_data=eval_data)
-    if not pruner.finished:
-        raise HalpError(f"training ended after {ft.steps} optimizer steps, before the {steps} pruning steps of "
-                        f"{interval} steps each ({steps * interval} steps); give more --epochs or a smaller "
-                        "--interval", stage=STAGE)
-    return pruner.finalize(ft.model), ft
+    settings = IterativeSettings(data=data, finetune=config, steps=steps, interval=interval, schedule=schedule,
+                                 teacher=teacher, eval_data=eval_data)
+    cfg = PipelineConfig(source=model, mode="iterative", input_shapes=input_shapes, target=target,
+                         latency=LatencyBudget.parse(latency), threads=threads, profile_path=profile_path,
+                         progress=progress, solver=solver, min_keep=min_keep, allow_removal=allow_removal,
+                         prune_first=prune_first, iterative=settings)
+    run = PIPELINE.run(cfg)
+    history, ft, predicted = run["selection"].extra
+    plan = run["plan"]
+    return _result(run["rewritten"], run["verification"], history, plan.dense_ms, predicted, plan.budget.ms), ft

@@ -1,0 +1,118 @@
+"""Knapsack rounds: solve for a latency budget with every block's other side priced at the last solution.
+
+A block's latency depends on both its widths, so the per-group knapsack (:mod:`.knapsack`) is re-solved
+with the neighbours' widths updated, and the budget handed to it is searched so that the whole-model
+prediction lands just under the real budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..ops.table import ANCHOR_OPS
+from .channel_groups import ChannelAnalysis
+from .knapsack import KnapsackItem, solve
+from .latency_cost import CostModel, group_costs, total_latency
+
+SOLVERS = ("exact", "augmented")
+
+
+@dataclass(frozen=True)
+class Round:
+    index: int
+    budget_ms: float  # what the knapsack was given (corrected between rounds)
+    predicted_ms: float  # whole model at the solution's widths
+    value: float
+    changed_groups: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def first_layer_groups(analysis: ChannelAnalysis, blocks) -> dict[int, str]:
+    """Groups fed by the first GEMM-like block (the stem conv): kept dense by default."""
+    for b in blocks:
+        if b.signature.op in ANCHOR_OPS:
+            lab = analysis.labels.get(b.out_tensor)
+            if lab is None:
+                return {}
+            ids = lab.ids[lab.ids >= 0]
+            return {int(g): f"output of the first layer {b.node} (kept by default; --prune-first to allow)"
+                    for g in np.unique(analysis.channel_group[ids])}
+    return {}
+
+
+def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callable, overhead_ms: float,
+                 budget_ms: float, *, solver: str = "exact", max_evals: int = 24, tol: float = 0.005,
+                 start: dict[int, int] | None = None, compare: bool = True
+                 ) -> tuple[dict[int, int], list[Round], dict[str, Any]]:
+    """Solve for the budget with every block's other side priced at the last solution's widths.
+
+    A block's latency depends on both of its widths, so the knapsack (which prices one group at a
+    time) is re-solved with the neighbours' widths updated; the budget handed to the knapsack is then
+    searched (bracketing + bisection) so that the whole-model prediction at the solution's widths lands
+    just under the real budget. The most valuable solution whose prediction fits is kept. ``start``:
+    the widths the first solve prices neighbours at (default dense)."""
+    state = {"widths": dict(start) if start is not None else {g: ch.widths[-1] for g, ch in cm.choices.items()},
+             "items": None, "avail": None, "solve_s": 0.0}
+    rounds: list[Round] = []
+    best: list = []  # [value, pred, widths]
+    index = {g: {w: j for j, w in enumerate(ch.widths)} for g, ch in cm.choices.items()}
+
+    def evaluate(internal: float) -> float:
+        widths = state["widths"]
+        changed = 0
+        for _ in range(3):  # settle the neighbours' widths at this knapsack budget
+            per_group, const = group_costs(cm, widths, block_ms)
+            items = [KnapsackItem(g, np.asarray(ch.widths), values[g], per_group[g])
+                     for g, ch in cm.choices.items()]
+            floor = sum(float(c.min()) for c in per_group.values())
+            avail = max(internal - const - overhead_ms, floor)
+            sol = solve(items, avail, solver=solver)
+            state["solve_s"] += sol.seconds
+            state["items"], state["avail"] = items, avail
+            new = {g: int(w) for g, w in sol.widths.items()}
+            changed = sum(1 for g in new if new[g] != widths[g])
+            widths = new
+            if not changed:
+                break
+        state["widths"] = widths
+        pred = total_latency(cm, widths, block_ms, overhead_ms)
+        value = float(sum(values[g][index[g][w]] for g, w in widths.items()))
+        rounds.append(Round(len(rounds), internal, pred, value, changed))
+        if pred <= budget_ms * (1 + 1e-9) and (not best or value > best[0] + 1e-12):
+            best[:] = [value, pred, dict(widths)]
+        return pred
+
+    lo = hi = None
+    b = budget_ms
+    while len(rounds) < max_evals:
+        pred = evaluate(b)
+        if pred <= budget_ms:
+            lo = b
+            if pred >= budget_ms * (1 - tol):
+                break
+        else:
+            hi = b
+        if lo is not None and hi is not None:
+            b = (lo + hi) / 2
+        elif lo is not None:  # still under the budget: hand the knapsack more
+            b = lo * min(2.0, max(1.02, budget_ms / max(pred, 1e-12)))
+        else:  # over: hand it less
+            b = hi * max(0.5, min(0.98, budget_ms / max(pred, 1e-12)))
+        if lo is not None and hi is not None and hi - lo <= 1e-4 * budget_ms:
+            break
+    if not best:  # fall back to each group's smallest width, feasible by construction
+        w = {g: ch.widths[0] for g, ch in cm.choices.items()}
+        best[:] = [float(sum(values[g][0] for g in cm.choices)), total_latency(cm, w, block_ms, overhead_ms), w]
+    items, avail = state["items"], state["avail"]
+    stats: dict[str, Any] = {"solver": solver, "rounds": len(rounds), "solve_seconds": round(state["solve_s"], 4),
+                             "items": len(items or []), "choices": int(sum(len(it.widths) for it in items or []))}
+    if items and compare:  # both solvers on the last instance: the exact one must not lose
+        ex = solve(items, avail, solver="exact")
+        au = solve(items, avail, solver="augmented")
+        stats.update({"exact_value": ex.value, "augmented_value": au.value, "exact_seconds": ex.seconds,
+                      "augmented_seconds": au.seconds})
+    return best[2], rounds, stats

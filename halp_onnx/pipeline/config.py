@@ -1,0 +1,75 @@
+"""What a pipeline run is asked to do: one frozen configuration for prune, compile and iterative compile."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import onnx
+
+from ..budget import LatencyBudget
+from ..errors import HalpError
+
+ModelSource = str | os.PathLike | onnx.ModelProto
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SOLVERS = ("exact", "augmented")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One run's settings. ``mode``: ``"ratio"`` (prune a share of every group), ``"budget"`` (HALP
+    one-shot: knapsack within a latency budget), ``"iterative"`` (HALP while fine-tuning)."""
+
+    source: ModelSource
+    mode: str = "budget"
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+    # ratio mode
+    ratio: float = 0.0
+    criterion: str = "l2"
+    seed: int = 0
+    # budget / iterative mode: target and budget
+    target: str | None = None
+    latency: LatencyBudget | None = None
+    threads: int = 1
+    measure: bool | None = None  # profile on demand (None: where the target runs here)
+    profile_path: str | os.PathLike | None = None
+    progress: bool = False
+    # importance
+    calib: Any = None
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    size: int | tuple[int, int] | None = None
+    calib_samples: int = 2000
+    calib_batch: int = 32
+    device: str = "cpu"
+    importance: Any = None  # a precomputed Importance
+    # knapsack
+    solver: str = "exact"
+    min_keep: float = 0.1
+    allow_removal: bool = True
+    prune_first: bool = False
+    # closed loop (budget mode, measurable targets)
+    measure_result: bool = True
+    calibrate: int = 3
+    calibrate_tol: float = 0.03
+    # rewrite / verify
+    check: bool = True
+    # iterative mode: the torch side's settings (see halp_onnx.torch.halp.IterativeSettings)
+    iterative: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ratio", "budget", "iterative"):
+            raise HalpError(f"mode {self.mode!r}: expected ratio, budget or iterative", stage="pipeline")
+        if self.mode != "ratio":
+            if self.target is None or self.latency is None:
+                raise HalpError(f"mode {self.mode}: needs a target and a latency budget", stage="pipeline")
+            if self.solver not in SOLVERS:
+                raise HalpError(f"--solver {self.solver!r}: expected one of {', '.join(SOLVERS)}", stage="compile")
+            if not 0 <= self.min_keep < 1:
+                raise HalpError(f"--min-keep {self.min_keep}: expected a share in [0, 1)", stage="compile")
+
+    @property
+    def uses_target(self) -> bool:
+        return self.mode in ("budget", "iterative")

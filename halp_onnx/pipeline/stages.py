@@ -1,0 +1,227 @@
+"""The stages, and the one place their order is written (:data:`PIPELINE`).
+
+    load -> channel-groups -> latency-model -> budget -> importance -> select -> rewrite -> measure -> verify
+
+``prune`` (mode "ratio") runs load, channel-groups, importance (the criterion's scores), select (a
+share of every group), rewrite, verify. ``compile`` (mode "budget") runs them all: the knapsack
+selects, and on a target that runs here the closed loop (measure) times the result and re-solves.
+``compile --iterative`` (mode "iterative") selects by pruning while fine-tuning (torch bridge), and
+rewrites and verifies the fine-tuned graph. Each stage is a function ``(config, results) -> result``.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import HalpError
+from ..passes.channel_groups import ChannelAnalysis, analyze
+from ..passes.importance import Importance, magnitude_importance
+from ..passes.latency_cost import build_cost_model, ranked_values, total_latency
+from ..passes.load import LoadedModel, load
+from ..passes.rewrite import RewriteResult, rewrite
+from ..passes.select import channel_scores, keep_by_ratio
+from ..passes.solve import first_layer_groups, solve_rounds
+from ..passes.verify import verify
+from .config import PipelineConfig
+from .results import BudgetPlan, Measurement, Selection, TargetLatency
+from .runner import Pipeline, Stage
+
+Results = Mapping[str, Any]
+
+
+def require_prunable(analysis: ChannelAnalysis, source: str) -> None:
+    """Refuse a model where nothing can be pruned, naming the first reason."""
+    if analysis.prunable:
+        return
+    first = next((g.reasons[0] for g in analysis.groups if g.reasons), "the model has no channels to prune")
+    raise HalpError(f"{source}: nothing can be pruned: every channel group is frozen ({first})", stage="channel-groups")
+
+
+# ---------------------------------------------------------------------------------------- stages
+def _load(cfg: PipelineConfig, r: Results) -> LoadedModel:
+    return load(cfg.source, cfg.input_shapes)
+
+
+def _channel_groups(cfg: PipelineConfig, r: Results) -> ChannelAnalysis:
+    analysis = analyze(r["loaded"])
+    require_prunable(analysis, r["loaded"].source)
+    return analysis
+
+
+def _latency_model(cfg: PipelineConfig, r: Results) -> TargetLatency:
+    from ..profiles.blocks import model_blocks
+    from ..profiles.latency import latency_model
+    from ..profiles.targets import get_target
+
+    assert cfg.target is not None
+    tgt = get_target(cfg.target)
+    blocks = model_blocks(r["loaded"], r["analysis"], precision=tgt.precision)
+    run = latency_model(r["loaded"], r["analysis"], tgt, threads=cfg.threads, measure=cfg.measure,
+                        progress=cfg.progress, blocks=blocks, profile_path=cfg.profile_path)
+    return TargetLatency(tgt, tuple(blocks), run.model, run)
+
+
+def _budget(cfg: PipelineConfig, r: Results) -> BudgetPlan:
+    loaded, analysis, tl = r["loaded"], r["analysis"], r["latency"]
+    lm = tl.model
+    assert cfg.latency is not None
+    block_ms = lru_cache(maxsize=None)(lambda sig, ci, co: lm.block_ms(sig, ci, co))
+    held = {} if cfg.prune_first else first_layer_groups(analysis, tl.blocks)
+    cm = build_cost_model(analysis, tl.blocks, lm.step, min_keep=cfg.min_keep, allow_removal=cfg.allow_removal,
+                          frozen=held)
+    if not cm.choices:
+        raise HalpError(f"{loaded.source}: every prunable group is held dense ({'; '.join(held.values())})",
+                        stage="compile")
+    dense = {g: ch.size for g, ch in cm.choices.items()}
+    dense_ms = total_latency(cm, dense, block_ms, lm.overhead_ms)
+    smallest = {g: ch.widths[0] for g, ch in cm.choices.items()}
+    min_ms = total_latency(cm, smallest, block_ms, lm.overhead_ms)
+    budget = cfg.latency.resolve(dense_ms)
+    if budget.ms < min_ms:
+        raise budget.infeasible(min_ms, tl.target.name, cfg.min_keep)
+    return BudgetPlan(cm, held, budget, dense, min_ms, block_ms, lm.overhead_ms)
+
+
+def _importance(cfg: PipelineConfig, r: Results) -> Importance:
+    import time
+
+    loaded, analysis = r["loaded"], r["analysis"]
+    if cfg.importance is not None:
+        return cfg.importance
+    if cfg.mode == "ratio":
+        t0 = time.perf_counter()
+        scores = channel_scores(loaded, analysis, cfg.criterion, cfg.seed)
+        return Importance(scores=scores, method=cfg.criterion, loss=None, batches=0, samples=0,
+                          seconds=time.perf_counter() - t0, note=f"{cfg.criterion} scores (prune --criterion)")
+    if cfg.calib is not None:
+        from ..passes.calibration import calibration_batches
+        from ..passes.importance import taylor_importance
+
+        batches = calibration_batches(loaded, cfg.calib, mean=cfg.mean, std=cfg.std, size=cfg.size,
+                                      samples=cfg.calib_samples, batch_size=cfg.calib_batch)
+        return taylor_importance(loaded, analysis, batches, device=cfg.device)
+    return magnitude_importance(loaded, analysis, note="magnitude fallback (no calibration data): L2 norm per "
+                                                       "channel, normalised per group")
+
+
+def solve_budget(cfg: PipelineConfig, plan: BudgetPlan, orders: dict, values: dict, budget_ms: float) -> Selection:
+    """One knapsack solve (with width rounds) for ``budget_ms``, as a Selection."""
+    cm = plan.cost
+    if budget_ms >= plan.dense_ms:
+        widths, rounds, stats = dict(plan.dense), [], {"solver": cfg.solver, "rounds": 0,
+                                                       "note": "budget >= dense latency"}
+    else:
+        widths, rounds, stats = solve_rounds(cm, values, plan.block_ms, plan.overhead_ms, budget_ms,
+                                             solver=cfg.solver)
+    keep = {g: np.sort(orders[g][:n]) for g, n in widths.items() if n < cm.choices[g].size}
+    return Selection(keep, "knapsack", widths, tuple(rounds), stats, orders, values)
+
+
+def _select(cfg: PipelineConfig, r: Results) -> Selection:
+    analysis = r["analysis"]
+    if cfg.mode == "ratio":
+        return Selection(keep_by_ratio(analysis, r["importance"].scores, cfg.ratio), "ratio")
+    if cfg.mode == "iterative":
+        from ..torch.halp import iterative_selection
+
+        return iterative_selection(cfg, r)
+    plan: BudgetPlan = r["plan"]
+    orders, values = {}, {}
+    for g, ch in plan.cost.choices.items():
+        orders[g], values[g] = ranked_values(analysis, r["importance"].scores, ch)
+    return solve_budget(cfg, plan, orders, values, plan.budget.ms)
+
+
+def base_of(r: Results, selection: Selection) -> tuple[LoadedModel, ChannelAnalysis]:
+    """The graph a selection applies to: the input model's, or the fine-tuned one of iterative HALP."""
+    return selection.base if selection.base is not None else (r["loaded"], r["analysis"])
+
+
+def _rewrite(cfg: PipelineConfig, r: Results) -> RewriteResult:
+    loaded, analysis = base_of(r, r["selection"])
+    return rewrite(loaded, analysis, r["selection"].keep, check=cfg.check)
+
+
+def _measure(cfg: PipelineConfig, r: Results) -> Measurement | None:
+    """Closed loop: the table sets the widths, the measurement checks them; where the result misses the
+    measured target, the knapsack budget is rescaled by the miss and the model solved again."""
+    from ..profiles.backends import best_of_medians, get_backend
+    from ..profiles.targets import target_status
+
+    lm = r["latency"].model
+    available, _ = target_status(lm.target)
+    if not available or lm.estimated:
+        return None
+    loaded, plan, sel = r["loaded"], r["plan"], r["selection"]
+    backend = get_backend(lm.target, threads=cfg.threads)
+
+    def timed(model) -> float:
+        return best_of_medians(backend, model, 2.1)
+
+    budget = plan.budget.with_measured(timed(loaded.model))
+    target_ms = budget.target_measured_ms
+    assert target_ms is not None
+    result = r["rewritten"]
+    measured = timed(result.model)
+    solver_budget = plan.budget.ms
+    candidates = [(measured, sel, result)]
+    calibration = [{"knapsack_budget_ms": solver_budget, "measured_ms": measured, "target_ms": target_ms}]
+    tol = cfg.calibrate_tol
+    for _ in range(cfg.calibrate):
+        miss = measured / target_ms
+        if 1 - tol <= miss <= 1.0 + tol / 3:
+            break
+        solver_budget = min(max(solver_budget / miss, plan.min_ms), plan.dense_ms)
+        sel2 = solve_budget(cfg, plan, sel.orders or {}, sel.values or {}, solver_budget)
+        if sel2.widths == candidates[-1][1].widths:
+            break
+        res2 = rewrite(loaded, r["analysis"], sel2.keep, check=cfg.check)
+        measured = timed(res2.model)
+        calibration.append({"knapsack_budget_ms": solver_budget, "measured_ms": measured, "target_ms": target_ms})
+        candidates.append((measured, sel2, res2))
+    fits = [c for c in candidates if c[0] <= target_ms * (1 + tol / 3)]
+    ms, chosen, res = max(fits, key=lambda c: c[0]) if fits else min(candidates, key=lambda c: c[0])
+    chosen = Selection(chosen.keep, chosen.method, chosen.widths, chosen.rounds,
+                       dict(chosen.stats, calibration=calibration), chosen.orders, chosen.values)
+    return Measurement(budget.dense_measured_ms or 0.0, ms, budget, tuple(calibration), chosen, res)
+
+
+def final_choice(r: Results) -> tuple[Selection, RewriteResult]:
+    """The selection and rewrite that stand: the closed loop's pick where it ran, else the first."""
+    m = r.get("measured")
+    return (m.selection, m.rewrite) if m is not None else (r["selection"], r["rewritten"])
+
+
+def _verify(cfg: PipelineConfig, r: Results):
+    selection, result = final_choice(r)
+    loaded, analysis = base_of(r, selection)
+    return verify(loaded, analysis, result.kept, result.model)
+
+
+# ---------------------------------------------------------------------------------------- the order
+def _targets(cfg: PipelineConfig) -> bool:
+    return cfg.uses_target
+
+
+PIPELINE = Pipeline((
+    Stage("load", "loaded", _load, doc="read, check and normalise the ONNX model (passes.load)"),
+    Stage("channel-groups", "analysis", _channel_groups, ("loaded",),
+          doc="channels that must be removed together, or why not (passes.channel_groups, ops.table)"),
+    Stage("latency-model", "latency", _latency_model, ("loaded", "analysis"), when=_targets,
+          doc="the target's latency tables for the model's blocks, profiled on demand (profiles)"),
+    Stage("budget", "plan", _budget, ("loaded", "analysis", "latency"), when=_targets,
+          doc="width choices and costs per group; the latency budget resolved against dense (budget)"),
+    Stage("importance", "importance", _importance, ("loaded", "analysis"), when=lambda c: c.mode != "iterative",
+          doc="per-channel importance: Taylor with calibration data, else magnitude (passes.importance)"),
+    Stage("select", "selection", _select, ("loaded", "analysis"), ("importance", "plan", "latency"),
+          doc="the channels each group keeps: ratio, knapsack, or iterative pruning while fine-tuning"),
+    Stage("rewrite", "rewritten", _rewrite, ("loaded", "analysis", "selection"),
+          doc="the physically smaller ONNX model (passes.rewrite)"),
+    Stage("measure", "measured", _measure, ("loaded", "analysis", "latency", "plan", "selection", "rewritten"),
+          when=lambda c: c.mode == "budget" and c.measure_result,
+          doc="closed loop on a target that runs here: time, re-solve with the budget rescaled by the miss"),
+    Stage("verify", "verification", _verify, ("loaded", "analysis", "selection", "rewritten"), ("measured",),
+          doc="onnxruntime: the rewrite computes what the masked original computes (passes.verify)"),
+))
