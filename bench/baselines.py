@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from .channel_groups import ChannelAnalysis
-from .load import LoadedModel
-from .select import group_order, weight_norm_scores
+from halp_onnx.passes.channel_groups import ChannelAnalysis
+from halp_onnx.passes.load import LoadedModel
+from halp_onnx.passes.select import group_order, weight_norm_scores
 
 STAGE = "baselines"
 

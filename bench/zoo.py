@@ -10,7 +10,7 @@
   (:func:`top1_onnx`).
 
 torch / torchvision / Pillow / onnxruntime are imported lazily inside the functions that need them,
-so ``import halp_onnx.zoo`` works with only onnx and numpy installed.
+so ``import bench.zoo`` works with only onnx and numpy installed.
 
 Exported files carry ``metadata_props`` (keys prefixed ``halp_onnx.``) naming the exporter, the
 source, the input shape, the seed and the requested opset; :func:`export_torchvision` reuses an
@@ -606,7 +606,7 @@ def cifar_resnet_bn_onnx(depth: int, npz: str | os.PathLike | None = None, *, ba
     with its BatchNormalization nodes kept (an exporter in eval mode folds them into the convs, which
     leaves nothing to train as BN when fine-tuning). Input ``"input"`` ``batch`` x 3 x 32 x 32, output
     ``"logits"``; no torch needed."""
-    from .examples import cifar_resnet as build
+    from halp_onnx.examples import cifar_resnet as build
 
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")

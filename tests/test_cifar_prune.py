@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from halp_onnx import zoo
+from bench import zoo
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(zoo.shared_dir() is None, reason="../shared (CIFAR-10 data and weights) is absent")

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from halp_onnx import zoo
+from bench import zoo
 from halp_onnx.data import ImageData, load_data, parse_floats, parse_size, split, to_nchw
 from halp_onnx.errors import HalpError
 

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from halp_onnx import zoo  # noqa: E402
+from bench import zoo  # noqa: E402
 from halp_onnx.builder import GraphBuilder  # noqa: E402
 from halp_onnx.errors import HalpError  # noqa: E402
 from halp_onnx.examples import example  # noqa: E402

@@ -62,7 +62,7 @@ def test_opset_out_of_range_is_refused():
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_both_torch_exporters(tmp_path, exporter):
     torch = pytest.importorskip("torch")
-    from halp_onnx.zoo import cifar_resnet, export_torch_module
+    from bench.zoo import cifar_resnet, export_torch_module
 
     torch.manual_seed(0)
     path = export_torch_module(cifar_resnet(20).eval(), torch.randn(1, 3, 32, 32), tmp_path / "r20.onnx", exporter)
@@ -74,7 +74,7 @@ def test_both_torch_exporters(tmp_path, exporter):
 
 def test_unfolded_batchnorm_from_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from halp_onnx.zoo import cifar_resnet
+    from bench.zoo import cifar_resnet
 
     torch.manual_seed(0)
     model = cifar_resnet(20).eval()

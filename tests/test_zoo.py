@@ -1,4 +1,4 @@
-"""halp_onnx.zoo: CIFAR ResNets against the figures of ../shared/README.md, the option-A Pad,
+"""bench.zoo: CIFAR ResNets against the figures of ../shared/README.md, the option-A Pad,
 torchvision export, and the data helpers.
 
 Timings measured on a 2-core CPU: exporting ResNet-20/56 about 2 s each (TorchScript), 5 s
@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from halp_onnx import zoo
+from bench import zoo
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = zoo.shared_dir()
@@ -46,7 +46,7 @@ needs_shared = pytest.mark.skipif(
 
 def test_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; "
-            "import halp_onnx.zoo as z; assert z.ExportResult and z.normalize_cifar; "
+            "import bench.zoo as z; assert z.ExportResult and z.normalize_cifar; "
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr

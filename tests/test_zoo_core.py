@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from halp_onnx import prune  # noqa: E402
-from halp_onnx.zoo import export_torch_module, redraw_degenerate_weights  # noqa: E402
+from bench.zoo import export_torch_module, redraw_degenerate_weights  # noqa: E402
 
 # model -> (pattern it exercises, minimum share of parameters in prunable groups)
 SUBSET = {

@@ -34,7 +34,7 @@ def spearman(a, b) -> float:
 
 
 def model_paths(zoo: Path, names: list[str]) -> dict[str, tuple[str, dict]]:
-    from halp_onnx import zoo as z
+    from bench import zoo as z
 
     out = {}
     for name in names:

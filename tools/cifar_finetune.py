@@ -4,7 +4,7 @@
     python tools/cifar_finetune.py report --work /tmp/halp-ft --out docs/cifar_finetune
 
 The model is the pretrained ResNet-56 of ../shared built as ONNX with its BatchNormalization nodes
-(`halp_onnx.zoo.cifar_resnet_bn_onnx`), so fine-tuning trains BN as BN. Every row gets the same
+(`bench.zoo.cifar_resnet_bn_onnx`), so fine-tuning trains BN as BN. Every row gets the same
 fine-tuning budget (epochs, images, batch, optimizer, schedule, KD from the dense model + CE):
 
 * ``dense``: the dense model fine-tuned (the fair reference: the JPEG data shifts accuracy);
@@ -34,7 +34,7 @@ ROWS = ("dense", "halp-iterative", "halp-oneshot", "uniform", "l1")
 
 
 def _data(args):
-    from halp_onnx import zoo
+    from bench import zoo
 
     x, y = zoo.load_cifar_jpeg("train")
     pick = np.random.default_rng(args.seed).permutation(len(x))[: args.train_images]
@@ -60,7 +60,8 @@ def _oneshot(args, work: Path):
     """The one-shot HALP model (cached): the reference the baselines are matched to."""
     import onnx
 
-    from halp_onnx import compile, zoo
+    from halp_onnx import compile
+    from bench import zoo
 
     p = work / "oneshot-pruned.onnx"
     if p.exists():
@@ -79,10 +80,10 @@ def _oneshot(args, work: Path):
 def train(args) -> int:
     import torch
 
-    from halp_onnx import zoo
+    from bench import zoo
     from halp_onnx.api import inspect
-    from halp_onnx.compiler import first_layer_groups
-    from halp_onnx.passes.baselines import global_for_target, l1_scores, uniform_for_target
+    from halp_onnx.passes.solve import first_layer_groups
+    from bench.baselines import global_for_target, l1_scores, uniform_for_target
     from halp_onnx.passes.rewrite import kept_channels, rewrite
     from halp_onnx.profiles.blocks import model_blocks
     from halp_onnx.profiles.latency import latency_model, predict
@@ -146,7 +147,7 @@ def train(args) -> int:
 def report(args) -> int:
     import onnx
 
-    from halp_onnx import zoo
+    from bench import zoo
     from halp_onnx.profiles.backends import OrtCpuBackend, with_batch
 
     work = Path(args.work)

@@ -38,10 +38,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from halp_onnx import compile, zoo
+    from halp_onnx import compile
+    from bench import zoo
     from halp_onnx.api import inspect
-    from halp_onnx.compiler import first_layer_groups
-    from halp_onnx.passes.baselines import global_for_target, l1_scores, uniform_for_target
+    from halp_onnx.passes.solve import first_layer_groups
+    from bench.baselines import global_for_target, l1_scores, uniform_for_target
     from halp_onnx.passes.rewrite import kept_channels, rewrite
     from halp_onnx.profiles.backends import OrtCpuBackend, with_batch
     from halp_onnx.profiles.blocks import model_blocks

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the repo root: halp_onnx from a checkout, and bench (never installed)
+    sys.path.insert(0, str(ROOT))
 
 
 def export_redrawn(name: str, path: Path) -> str:
@@ -28,7 +30,7 @@ def export_redrawn(name: str, path: Path) -> str:
     import torch
     import torchvision
 
-    from halp_onnx.zoo import export_torch_module, redraw_degenerate_weights, torchvision_input_size
+    from bench.zoo import export_torch_module, redraw_degenerate_weights, torchvision_input_size
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
@@ -51,7 +53,7 @@ def run_one(name: str, zoo: Path, ratio: float, redraw: bool = False) -> dict:
     from halp_onnx.passes.rewrite import rewrite
     from halp_onnx.passes.select import channel_scores, keep_by_ratio
     from halp_onnx.passes.verify import verify
-    from halp_onnx.zoo import export_torchvision
+    from bench.zoo import export_torchvision
 
     record: dict = {"model": name}
     exported = export_torchvision(name, zoo)
@@ -130,7 +132,7 @@ def main() -> int:
     if args.models:
         names = args.models.split(",")
     else:
-        from halp_onnx.zoo import list_classification_models
+        from bench.zoo import list_classification_models
         names = list_classification_models()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export torchvision classification models to ONNX with :func:`halp_onnx.zoo.export_torchvision`.
+"""Export torchvision classification models to ONNX with :func:`bench.zoo.export_torchvision`.
 
     python tools/export_zoo.py --out DIR [--models a,b,...] [--exporter auto|torchscript|dynamo]
                                [--force] [--size N] [--timeout S] [--json FILE] [--no-isolate]
@@ -34,7 +34,7 @@ def _file_mb(path: Path) -> float:
 
 
 def _export_one(name: str, out: Path, exporter: str, force: bool, size: int | None) -> dict:
-    from halp_onnx import zoo
+    from bench import zoo
 
     t0 = time.perf_counter()
     try:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         return 0
 
-    from halp_onnx import zoo
+    from bench import zoo
 
     available = zoo.list_classification_models()
     names = [m.strip() for m in args.models.split(",") if m.strip()] or available

@@ -2,7 +2,8 @@
 
 A :class:`Profile` holds one :class:`~halp_onnx.profiles.table.LatencyTable` per block signature,
 the device fingerprint it was measured on, the per-run overhead and whether its figures are
-measured or *estimated* (analytic). Shipped profiles live in ``hw_profiles/`` beside the package;
+measured or *estimated* (analytic). Shipped profiles live in the repo's ``hw_profiles/``, installed
+as the package data of ``halp_onnx.hw_profiles`` (:data:`SHIPPED_DIR`);
 profiles a user measures go to the user cache directory (``$HALP_ONNX_PROFILE_DIR`` overrides it).
 Writes are atomic (temp file + rename) under a file lock, so two profilers of one target never
 corrupt the file; the profiler saves after every signature, so an interrupted run resumes.
@@ -23,7 +24,24 @@ from .table import LatencyTable
 
 STAGE = "profiles"
 SCHEMA = "halp-onnx/profile@1"
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
+
+
+def _shipped_dir() -> Path:
+    """Where the shipped profiles are: the ``halp_onnx.hw_profiles`` package data (a wheel maps the
+    top-level ``hw_profiles/`` there; an editable install maps it back to the checkout), else the
+    checkout's ``hw_profiles/`` beside the package."""
+    try:
+        from importlib.resources import files
+
+        path = Path(str(files("halp_onnx.hw_profiles")))  # a real folder unless installed zipped
+        if path.is_dir():
+            return path
+    except (ImportError, TypeError, ValueError):  # not installed (plain checkout on sys.path)
+        pass
+    return Path(__file__).resolve().parents[2] / "hw_profiles"
+
+
+SHIPPED_DIR = _shipped_dir()
 # fingerprint fields that must match for a profile to be used without re-measuring
 MATCH_KEYS = ("cpu", "machine", "gpu_name", "onnxruntime", "tensorrt", "torch", "threads", "precision", "batch")
 
