@@ -65,6 +65,29 @@ def _ops(names: Iterable[str], **facets) -> list[OpEntry]:
 
 _BROADCAST = elementwise.analyze_broadcast
 
+# ops the table knows (channels, latency) that the torch bridge does not lower (torch=None)
+_NO_TORCH = frozenset({
+    "Shrink", "Asin", "Acos", "Sinh", "Cosh", "IsInf", "QuantizeLinear", "DequantizeLinear", "BitShift",
+    "GlobalLpPool", "MaxRoiPool", "Hardmax", "MeanVarianceNormalization", "LRN"})
+
+
+def _torch(family: str, op: str) -> str | None:
+    return None if op in _NO_TORCH else f"{family}:{op}"
+
+
+def _versions(name: str, family: str, splits: tuple[int, ...], **facets) -> list[OpEntry]:
+    """One entry per torch-lowering version range of ``name``: [1, s0), [s0, s1), ..., [sN, inf),
+    each with the same channel / rewrite / latency facets and torch ``family:name@since``."""
+    bounds = (1, *splits)
+    return [OpEntry(name, since=lo, until=(hi - 1 if hi is not None else None), torch=f"{family}:{name}@{lo}",
+                    **facets)
+            for lo, hi in zip(bounds, (*splits, None))]
+
+
+# Reduce ops: axes move from an attribute to an input at this schema version
+_REDUCE_AXES_INPUT = {"ReduceMean": 18, "ReduceMax": 18, "ReduceMin": 18, "ReduceSum": 13, "ReduceProd": 18,
+                      "ReduceL1": 18, "ReduceL2": 18, "ReduceLogSum": 18, "ReduceLogSumExp": 18, "ReduceSumSquare": 18}
+
 ENTRIES: tuple[OpEntry, ...] = tuple([
     # ---- GEMM-like anchors: create channels (producers) and reduce over input channels (consumers)
     OpEntry("Conv", channels=linear.analyze_conv, rewrite=linear.rewrite_conv, latency=Latency.ANCHOR,
@@ -81,7 +104,7 @@ ENTRIES: tuple[OpEntry, ...] = tuple([
       for op in ("LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")],
     OpEntry("Gelu", channels=_BROADCAST, latency=Latency.ACTIVATION, torch="elementwise:Gelu"),
     OpEntry("Gelu", domain="com.microsoft", channels=None, latency=Latency.ACTIVATION, torch="elementwise:Gelu@ms"),
-    *[OpEntry(op, channels=_BROADCAST, torch=f"elementwise:{op}") for op in (
+    *[OpEntry(op, channels=_BROADCAST, torch=_torch("elementwise", op)) for op in (
         "Elu", "Selu", "Celu", "Erf", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Shrink",
         "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round",
         "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Sign", "Not", "IsNaN", "IsInf",
@@ -89,39 +112,51 @@ ENTRIES: tuple[OpEntry, ...] = tuple([
         "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "PRelu", "Where", "Equal", "Less",
         "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift")],
     OpEntry("Add", channels=_BROADCAST, latency=Latency.RESIDUAL, torch="elementwise:Add"),
-    *[OpEntry(op, channels=_BROADCAST, latency=Latency.FREE, torch=f"elementwise:{op}")
-      for op in ("Dropout", "Identity", "Cast", "CastLike")],
+    *[OpEntry(op, channels=_BROADCAST, latency=Latency.FREE, torch=f"{family}:{op}") for op, family in (
+        ("Dropout", "misc"), ("Identity", "misc"), ("Cast", "elementwise"), ("CastLike", "elementwise"))],
     # ---- normalisation, pooling, reductions, channel mixers
     OpEntry("BatchNormalization", channels=normalization.analyze_batch_norm, latency=Latency.NORM,
             torch="norm:BatchNormalization"),
     OpEntry("InstanceNormalization", channels=normalization.analyze_instance_norm,
             torch="norm:InstanceNormalization"),
-    *[OpEntry(op, channels=normalization.analyze_spatial, latency=Latency.POOL, torch=f"pool:{op}") for op in (
+    *[OpEntry(op, channels=normalization.analyze_spatial, latency=Latency.POOL, torch=_torch("pool", op)) for op in (
         "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool")],
-    OpEntry("Resize", channels=normalization.analyze_spatial, rewrite=normalization.rewrite_resize,
-            torch="pool:Resize"),
+    OpEntry("Resize", until=10, channels=normalization.analyze_spatial, rewrite=normalization.rewrite_resize,
+            torch="pool:Resize@10"),
+    OpEntry("Resize", since=11, channels=normalization.analyze_spatial, rewrite=normalization.rewrite_resize,
+            torch="pool:Resize@11"),
     OpEntry("Upsample", channels=normalization.analyze_spatial, torch="pool:Upsample"),
-    *[OpEntry(op, channels=normalization.analyze_reduce, torch=f"reduce:{op}") for op in (
-        "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
-        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")],
-    *[OpEntry(op, channels=normalization.analyze_axis_mixer, torch=f"norm:{op}") for op in (
-        "Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "MeanVarianceNormalization",
+    *[e for op, since in _REDUCE_AXES_INPUT.items()
+      for e in _versions(op, "reduce", (since,), channels=normalization.analyze_reduce)],
+    *[OpEntry(op, channels=normalization.analyze_reduce, torch=f"reduce:{op}") for op in ("ArgMax", "ArgMin")],
+    *[e for op in ("Softmax", "LogSoftmax")
+      for e in _versions(op, "norm", (13,), channels=normalization.analyze_axis_mixer)],
+    *[OpEntry(op, channels=normalization.analyze_axis_mixer, torch=_torch("norm", op)) for op in (
+        "Hardmax", "LayerNormalization", "MeanVarianceNormalization",
         "LpNormalization", "GroupNormalization", "LRN", "DepthToSpace", "SpaceToDepth", "CumSum")],
     # ---- layout: reshapes, concatenation, slicing, gathering
-    OpEntry("Reshape", channels=layout.analyze_reshape, rewrite=layout.rewrite_reshape, latency=Latency.FREE,
-            torch="shape:Reshape"),
-    *[OpEntry(op, channels=layout.analyze_reshape, latency=Latency.FREE, torch=f"shape:{op}")
-      for op in ("Flatten", "Squeeze", "Unsqueeze")],
+    *_versions("Reshape", "shape", (5,), channels=layout.analyze_reshape, rewrite=layout.rewrite_reshape,
+               latency=Latency.FREE),
+    OpEntry("Flatten", channels=layout.analyze_reshape, latency=Latency.FREE, torch="shape:Flatten"),
+    *[e for op in ("Squeeze", "Unsqueeze")
+      for e in _versions(op, "shape", (13,), channels=layout.analyze_reshape, latency=Latency.FREE)],
     OpEntry("Transpose", channels=layout.analyze_transpose, torch="shape:Transpose"),
     OpEntry("Concat", channels=layout.analyze_concat, torch="shape:Concat"),
     OpEntry("Split", channels=layout.analyze_split, rewrite=layout.rewrite_split, torch="shape:Split"),
-    OpEntry("Slice", channels=layout.analyze_slice, rewrite=layout.rewrite_slice, torch="shape:Slice"),
-    OpEntry("Pad", channels=layout.analyze_pad, rewrite=layout.rewrite_pad, torch="shape:Pad"),
+    *_versions("Slice", "shape", (10,), channels=layout.analyze_slice, rewrite=layout.rewrite_slice),
+    *_versions("Pad", "shape", (11,), channels=layout.analyze_pad, rewrite=layout.rewrite_pad),
     OpEntry("Gather", channels=layout.analyze_gather, rewrite=layout.rewrite_gather, torch="index:Gather"),
     OpEntry("Expand", channels=layout.analyze_expand_tile, rewrite=layout.rewrite_expand, torch="shape:Expand"),
     OpEntry("Tile", channels=layout.analyze_expand_tile, torch="shape:Tile"),
     *[OpEntry(op, channels=layout.analyze_shape_only, latency=Latency.FREE, torch=f"shape:{op}")
       for op in ("Shape", "Size")],
+    # ---- torch lowering only (no channel rule: their channels are frozen)
+    *[OpEntry(op, torch=f"elementwise:{op}") for op in ("BitwiseAnd", "BitwiseOr")],
+    *[OpEntry(op, torch=f"linear:{op}") for op in ("Einsum", "Trilu")],
+    OpEntry("TopK", since=10, torch="reduce:TopK"),
+    *[OpEntry(op, torch=f"shape:{op}") for op in ("ConstantOfShape", "Range")],
+    *[OpEntry(op, torch=f"index:{op}") for op in ("GatherElements", "GatherND", "ScatterND", "ScatterElements")],
+    OpEntry("Constant", torch="misc:Constant"),
 ])
 
 

@@ -111,7 +111,7 @@ def taylor_importance(loaded: LoadedModel, analysis: ChannelAnalysis, batches: I
     predictions). ``progress(batches_done, samples_done)`` is called after every batch.
     """
     torch = _import_torch()
-    from ..torch import OnnxModule
+    from ..torch.executor import OnnxModule
     from ..torch.gates import ChannelGates
 
     t0 = time.perf_counter()

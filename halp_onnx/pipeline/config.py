@@ -55,7 +55,8 @@ class PipelineConfig:
     calibrate_tol: float = 0.03
     # rewrite / verify
     check: bool = True
-    # iterative mode: the torch side's settings (see halp_onnx.torch.halp.IterativeSettings)
+    # iterative mode: the torch bridge's settings, whose select(config, results) trains while pruning
+    # (halp_onnx.torch.halp.IterativeSettings)
     iterative: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -123,10 +123,11 @@ def _select(cfg: PipelineConfig, r: Results) -> Selection:
     analysis = r["analysis"]
     if cfg.mode == "ratio":
         return Selection(keep_by_ratio(analysis, r["importance"].scores, cfg.ratio), "ratio")
-    if cfg.mode == "iterative":
-        from ..torch.halp import iterative_selection
-
-        return iterative_selection(cfg, r)
+    if cfg.mode == "iterative":  # the torch bridge's settings carry the training loop (torch.halp)
+        if cfg.iterative is None or not callable(getattr(cfg.iterative, "select", None)):
+            raise HalpError("iterative mode needs the torch bridge's IterativeSettings (training data) in "
+                            "PipelineConfig.iterative", stage="select")
+        return cfg.iterative.select(cfg, r)
     plan: BudgetPlan = r["plan"]
     orders, values = {}, {}
     for g, ch in plan.cost.choices.items():

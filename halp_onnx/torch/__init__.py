@@ -19,7 +19,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
 from .executor import OnnxModule, write_back  # noqa: E402
 from .finetune import FinetuneConfig, FinetuneResult, Trainer, finetune  # noqa: E402
 from .halp import IterativePruner, compile_iterative  # noqa: E402
-from .ops import lookup, register, supported_ops  # noqa: E402
+from .lower import lowering_for, supported_ops  # noqa: E402
 
-__all__ = ["OnnxModule", "write_back", "register", "lookup", "supported_ops", "FinetuneConfig", "FinetuneResult",
+__all__ = ["OnnxModule", "write_back", "lowering_for", "supported_ops", "FinetuneConfig", "FinetuneResult",
            "Trainer", "finetune", "IterativePruner", "compile_iterative"]

@@ -22,7 +22,9 @@ from torch import nn
 
 from halp_onnx.errors import HalpError
 
-from . import ops as _ops
+from .lower import lowering_for, norm_domain
+from .lower._common import FLOAT_TYPES, ONNX_TO_TORCH_DTYPE, UnsupportedOp, attrs_of, tensor_from_proto
+from .lower.misc import constant_value
 
 STAGE = "torch-bridge"
 
@@ -59,7 +61,7 @@ def _tensor_to_proto(value: torch.Tensor, like: onnx.TensorProto) -> onnx.Tensor
     if dtype == TensorProto.BFLOAT16:
         raw = t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
     else:
-        tt = _ops.ONNX_TO_TORCH_DTYPE.get(dtype)
+        tt = ONNX_TO_TORCH_DTYPE.get(dtype)
         if tt is None:
             raise HalpError(f"cannot write back initializer {like.name!r} of dtype "
                             f"{TensorProto.DataType.Name(dtype)}", stage=STAGE)
@@ -102,7 +104,7 @@ class OnnxModule(nn.Module):
             except Exception as exc:  # pragma: no cover - depends on onnx version
                 raise HalpError(f"cannot inline the model's local functions: {exc}", stage=STAGE) from exc
         graph = model.graph
-        self._opsets = {_ops._norm_domain(o.domain): o.version for o in model.opset_import}
+        self._opsets = {norm_domain(o.domain): o.version for o in model.opset_import}
 
         init_set = {t.name for t in graph.initializer}
         bn_stats = self._bn_stat_initializers(graph, init_set, train_bn)
@@ -116,10 +118,10 @@ class OnnxModule(nn.Module):
         taken_b: set[str] = set()
         for t in graph.initializer:
             try:
-                value = _ops.tensor_from_proto(t)
+                value = tensor_from_proto(t)
             except Exception as exc:
                 raise HalpError(f"cannot load initializer {t.name!r}: {exc}", stage=STAGE) from exc
-            if t.data_type in _ops.FLOAT_TYPES and t.name not in bn_stats:
+            if t.data_type in FLOAT_TYPES and t.name not in bn_stats:
                 key = _unique_key(t.name, taken_p, self.params)
                 # scalar constants of the graph (0-d / one element) are frozen; PRelu slopes are not
                 trainable = value.numel() > 1 or t.name in prelu_slopes
@@ -150,22 +152,22 @@ class OnnxModule(nn.Module):
             for a in node.attribute:
                 if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                     raise HalpError(f"unsupported op {node.op_type} with subgraphs at {_node_label(node)}", stage=STAGE)
-            domain = _ops._norm_domain(node.domain)
+            domain = norm_domain(node.domain)
             version = self._opsets.get(domain)
-            builder = _ops.lookup(domain, node.op_type, version)
+            builder = lowering_for(domain, node.op_type, version)
             if builder is None:
                 raise HalpError(f"unsupported op {node.op_type} at {_node_label(node)}", stage=STAGE)
             try:
-                attrs = _ops.attrs_of(node)
+                attrs = attrs_of(node)
                 if node.op_type == "Constant" and domain == "":
-                    value = _ops.constant_value(attrs)
+                    value = constant_value(attrs)
                     out = node.output[0]
                     key = _unique_key(out, taken_b, self.consts)
                     self.consts.register_buffer(key, value)
                     self._buffer_keys[out] = key
                     continue
                 run = builder(node, attrs, version if version is not None else 1)
-            except _ops.UnsupportedOp as exc:
+            except UnsupportedOp as exc:
                 raise HalpError(f"unsupported {node.op_type} at {_node_label(node)}: {exc}", stage=STAGE) from exc
             except HalpError:
                 raise

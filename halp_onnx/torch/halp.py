@@ -227,6 +227,10 @@ class IterativeSettings:
     teacher: Any = "self"
     eval_data: Any = None
 
+    def select(self, cfg, results):
+        """The pipeline's ``select`` stage in iterative mode."""
+        return iterative_selection(cfg, results)
+
 
 def _raw_proto(model: Any) -> onnx.ModelProto:
     from ..passes.load import read_model
@@ -244,9 +248,6 @@ def iterative_selection(cfg, results):
     from .finetune import FinetuneConfig, finetune
 
     st: IterativeSettings = cfg.iterative
-    if st is None:
-        raise HalpError("iterative mode needs IterativeSettings (training data) in PipelineConfig.iterative",
-                        stage=STAGE)
     proto = _raw_proto(cfg.source)
     ftcfg = st.finetune if st.finetune is not None else FinetuneConfig()
     module = OnnxModule(proto, train_bn=True)
