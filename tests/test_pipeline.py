@@ -1,0 +1,116 @@
+"""The pipeline runner: one order, declared inputs and outputs, runs up to a stage, errors name the stage."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from halp_onnx import HalpError, compile, prune
+from halp_onnx.budget import LatencyBudget
+from halp_onnx.examples import example
+from halp_onnx.pipeline import PIPELINE, Pipeline, PipelineConfig, Stage, StageFailure
+
+
+def _cfg(**kw):
+    base = dict(source=example("resnet"), target="trt-v100", latency=LatencyBudget.parse("0.95"),
+                measure_result=False)
+    base.update(kw)
+    return PipelineConfig(**base)
+
+
+def test_the_order_is_written_once():
+    names = [st.name for st in PIPELINE]
+    assert names == ["load", "channel-groups", "latency-model", "budget", "importance", "select", "rewrite",
+                     "measure", "verify"]
+    for st in PIPELINE:  # every declared need is made by an earlier stage
+        earlier = {o.makes for o in PIPELINE.stages[: PIPELINE.stages.index(st)]}
+        assert set(st.needs) <= earlier, st.name
+
+
+def test_configurations_pick_their_stages():
+    ratio = PipelineConfig(example("resnet"), mode="ratio", ratio=0.3)
+    assert [s.name for s in PIPELINE.plan(ratio)] == ["load", "channel-groups", "importance", "select", "rewrite",
+                                                      "verify"]
+    assert [s.name for s in PIPELINE.plan(_cfg())] == ["load", "channel-groups", "latency-model", "budget",
+                                                       "importance", "select", "rewrite", "verify"]
+    assert "measure" in [s.name for s in PIPELINE.plan(_cfg(measure_result=True))]
+    # up to a stage: only what it needs
+    assert [s.name for s in PIPELINE.plan(_cfg(), until="budget")] == ["load", "channel-groups", "latency-model",
+                                                                       "budget"]
+
+
+def test_run_until_a_stage_and_inspect_frozen_serialisable_results():
+    run = PIPELINE.run(_cfg(), until="budget")
+    assert run.stages == ("load", "channel-groups", "latency-model", "budget")
+    assert set(run.seconds) == set(run.stages)
+    plan = run["plan"]
+    assert plan.budget.ms == pytest.approx(0.95 * plan.dense_ms)
+    assert plan.min_ms <= plan.budget.ms <= plan.dense_ms
+    json.dumps(run.to_dict())  # every result serialises
+    with pytest.raises(Exception):  # frozen
+        plan.min_ms = 0.0  # type: ignore[misc]
+    assert "selection" not in run
+
+
+def test_given_results_stand_in_for_stages():
+    first = PIPELINE.run(_cfg(), until="select")
+    again = PIPELINE.run(_cfg(), given={k: first[k] for k in ("loaded", "analysis", "selection")})
+    assert again.stages == ("rewrite", "verify")
+    assert again["verification"].passed
+
+
+def test_compile_and_prune_are_configurations_of_the_runner():
+    res = compile(example("resnet"), "trt-v100", "0.95", measure_result=False)
+    run = PIPELINE.run(_cfg())
+    assert res.model.SerializeToString() == run["rewritten"].model.SerializeToString()
+    assert res.budget is not None and res.budget.ms == pytest.approx(res.budget_ms)
+    assert res.to_dict()["budget"]["request"] == "0.95"
+    pr = prune(example("resnet"), 0.3)
+    run = PIPELINE.run(PipelineConfig(example("resnet"), mode="ratio", ratio=0.3))
+    assert pr.model.SerializeToString() == run["rewritten"].model.SerializeToString()
+    assert set(pr.seconds or {}) == set(run.stages)
+
+
+def test_errors_name_the_stage():
+    with pytest.raises(HalpError) as err:  # infeasible budget: the budget stage's figure, in ms and share
+        PIPELINE.run(_cfg(latency=LatencyBudget.parse("0.01")))
+    assert "below the smallest achievable" in str(err.value)
+    with pytest.raises(HalpError, match="^load: "):
+        PIPELINE.run(PipelineConfig("/nonexistent/model.onnx", mode="ratio", ratio=0.3))
+
+    def boom(cfg, r):
+        raise KeyError("oops")
+
+    def plain(cfg, r):
+        raise HalpError("no stage given")
+
+    p = Pipeline((Stage("first", "a", lambda c, r: 1), Stage("second", "b", boom, ("a",))))
+    with pytest.raises(StageFailure, match="stage second: KeyError") as failure:
+        p.run(None)
+    assert failure.value.stage == "second" and isinstance(failure.value.error, KeyError)
+    with pytest.raises(HalpError, match="^third: no stage given"):
+        Pipeline((Stage("third", "c", plain),)).run(None)
+
+
+def test_a_stage_needing_what_no_earlier_stage_makes_is_refused():
+    with pytest.raises(ValueError, match="needs"):
+        Pipeline((Stage("a", "x", lambda c, r: 1, ("y",)),))
+    with pytest.raises(ValueError, match="twice"):
+        Pipeline((Stage("a", "x", lambda c, r: 1), Stage("a", "y", lambda c, r: 1)))
+
+
+def test_iterative_mode_needs_the_bridge_settings():
+    cfg = _cfg(mode="iterative")
+    with pytest.raises(HalpError, match="IterativeSettings"):
+        PIPELINE.run(cfg)
+
+
+def test_config_checks_its_options():
+    with pytest.raises(HalpError, match="--solver"):
+        _cfg(solver="greedy")
+    with pytest.raises(HalpError, match="--min-keep"):
+        _cfg(min_keep=1.5)
+    with pytest.raises(HalpError, match="target and a latency"):
+        PipelineConfig(example("resnet"), mode="budget")
+    assert np.isfinite(LatencyBudget.parse("3ms").resolve(6.0).share)
