@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     try:
         from . import cli_finetune
     except ImportError:  # pragma: no cover - the module is part of the package
-        cli_finetune = None
-    if cli_finetune is not None:
+        pass
+    else:
         cli_finetune.add_parser(sub).set_defaults(run=cli_finetune.run)
     return p
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from .errors import HalpError
 
@@ -77,8 +78,9 @@ def input_shapes(model: str, specs, batch: int) -> dict[str, tuple[int, ...]]:
             continue
         dims = vi.type.tensor_type.shape.dim
         static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        if static and static[0] is None and all(d is not None for d in static[1:]):
-            shapes[vi.name] = (batch, *static[1:])
+        rest = [d for d in static[1:] if d is not None]
+        if static and static[0] is None and len(rest) == len(static[1:]):
+            shapes[vi.name] = (batch, *rest)
         elif static and static[0] is not None and batch != 1 and static[0] != batch:
             raise HalpError(f"--batch {batch}: input {vi.name!r} of {model} has a fixed batch of {static[0]}",
                             stage=STAGE)
@@ -98,7 +100,7 @@ def run_targets(args) -> int:
     from .profiles.store import SHIPPED_DIR, find_profile, profile_name, user_dir
     from .profiles.targets import TARGETS, target_status
 
-    rows = []
+    rows: list[dict[str, Any]] = []  # JSON rows
     for name, t in sorted(TARGETS.items()):
         ok, reason = target_status(t)
         pname = profile_name(name)
@@ -124,10 +126,10 @@ def run_targets(args) -> int:
         return 0
     print(f"{'target':<16} {'precision':<9} {'here':<5} {'latency':<21} profile / status")
     for r in rows:
-        prof = ("profile " + ("matches" if r["profile_matches_this_device"] else "from another device") +
-                f" ({len(r['profiles'])} file)") if r["profiles"] else "no profile"
+        prof_text = ("profile " + ("matches" if r["profile_matches_this_device"] else "from another device") +
+                     f" ({len(r['profiles'])} file)") if r["profiles"] else "no profile"
         print(f"{r['target']:<16} {r['precision']:<9} {'yes' if r['available'] else 'no':<5} {r['latency']:<21} "
-              f"{prof}; {r['status']}")
+              f"{prof_text}; {r['status']}")
     print(f"user profiles: {user_dir()}")
     return 0
 
@@ -141,6 +143,8 @@ def run_profile(args) -> int:
                         progress=not args.quiet and sys.stderr.isatty(), remeasure=args.remeasure,
                         profile_path=args.profile)
     prof = run.model.profile
+    if prof is None:  # measure=True always gives a profile; reading None raised this AttributeError before
+        raise AttributeError(f"{target.name}: measuring gave no profile")
     print(f"{target.name}: {run.signatures} block signatures, {run.new_points} new measurements, "
           f"{run.reused_points} reused, {run.seconds:.1f} s; run overhead {prof.overhead_ms * 1e3:.1f} us")
     print(f"{'signature':<72} {'step':>4} {'points':>6}")

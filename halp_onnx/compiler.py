@@ -90,7 +90,8 @@ class CompileResult:
 
 def compile(model, target: str = "ort-cpu", latency: str | float | LatencyBudget = 0.5, *, calib=None,
             mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-            size: int | None = None, calib_samples: int = 2000, calib_batch: int = 32, solver: str = "exact",
+            size: int | tuple[int, int] | None = None, calib_samples: int = 2000, calib_batch: int = 32,
+            solver: str = "exact",
             min_keep: float = 0.1, allow_removal: bool = True, prune_first: bool = False, threads: int = 1,
             input_shapes: dict | None = None, measure: bool | None = None, measure_result: bool = True,
             progress: bool = False, profile_path=None, device: str = "cpu",

@@ -61,10 +61,10 @@ class ImageData:
     def take(self, indices: Sequence[int] | np.ndarray, workers: int = 0) -> np.ndarray:
         """uint8 ``len(indices) x H x W x C`` (files are decoded here, with ``workers`` threads)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if not self.lazy:
-            return self.images[idx]
-        out = np.empty((len(idx), *self.shape), dtype=np.uint8)
         files = self.images
+        if isinstance(files, np.ndarray):  # not lazy
+            return files[idx]
+        out = np.empty((len(idx), *self.shape), dtype=np.uint8)
 
         def read(j: int) -> None:
             out[j] = _read_image(files[idx[j]], self.shape)
@@ -79,7 +79,8 @@ class ImageData:
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageData":
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        images = tuple(self.images[i] for i in idx) if self.lazy else self.images[idx]
+        src = self.images
+        images = src[idx] if isinstance(src, np.ndarray) else tuple(src[i] for i in idx)
         labels = self.labels[idx] if self.labels is not None else None
         return ImageData(images, labels, self.classes, self.source, self.shape)
 
@@ -137,7 +138,7 @@ def parse_size(text: str | int | Sequence[int] | None, option: str = "--size") -
             raise HalpError(f"{option} {text!r}: expected (height, width)", stage=STAGE)
     if min(hw) < 1:
         raise HalpError(f"{option} {text!r}: sizes must be positive", stage=STAGE)
-    return hw  # type: ignore[return-value]
+    return hw
 
 
 def to_nchw(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -167,9 +168,9 @@ def _resize(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     if arr.shape[:2] == tuple(hw):
         return arr
     if arr.shape[2] == 1:
-        img = Image.fromarray(arr[:, :, 0]).resize((hw[1], hw[0]), Image.BILINEAR)
+        img = Image.fromarray(arr[:, :, 0]).resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
         return np.asarray(img)[:, :, None]
-    return np.asarray(Image.fromarray(arr).resize((hw[1], hw[0]), Image.BILINEAR))
+    return np.asarray(Image.fromarray(arr).resize((hw[1], hw[0]), Image.Resampling.BILINEAR))
 
 
 def _read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
@@ -177,10 +178,10 @@ def _read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (shape[1], shape[0]):
-                img = img.resize((shape[1], shape[0]), Image.BILINEAR)
-            return np.asarray(img)
+            rgb = img.convert("RGB")
+            if rgb.size != (shape[1], shape[0]):
+                rgb = rgb.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+            return np.asarray(rgb)
     except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
         raise HalpError(f"{path}: cannot read the image ({exc})", stage=STAGE) from None
 
@@ -210,7 +211,9 @@ def _load_folder(path: Path, size: tuple[int, int] | None) -> ImageData:
                             "(unlabeled) or one subfolder per class (labeled)", stage=STAGE)
         files = top_images
     elif subdirs:
-        files, label_list, classes_list = [], [], []
+        files = []
+        label_list: list[int] = []
+        classes_list: list[str] = []
         for d in subdirs:
             imgs = _images_under(d)
             if not imgs:
@@ -287,7 +290,7 @@ def _load_npz(path: Path, size: tuple[int, int] | None) -> ImageData:
     if size is not None and images.shape[1:3] != tuple(size):
         images = np.stack([_resize(im, size) for im in images])
     images = np.ascontiguousarray(images)
-    return ImageData(images, labels, classes, str(path), tuple(images.shape[1:]))  # type: ignore[arg-type]
+    return ImageData(images, labels, classes, str(path), tuple(images.shape[1:]))
 
 
 def load_data(path: str | os.PathLike, *, size: int | str | Sequence[int] | None = None) -> ImageData:

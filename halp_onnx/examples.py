@@ -1,6 +1,8 @@
 """Built-in example models (no network, no torch): ``halp-onnx example NAME --out FILE``."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx
 import onnx.numpy_helper
@@ -91,7 +93,7 @@ def mobilenet(seed: int = 0) -> onnx.ModelProto:
     return b.model()
 
 
-EXAMPLES = {"resnet": cifar_resnet, "mobilenet": mobilenet}
+EXAMPLES: dict[str, Callable[[], onnx.ModelProto]] = {"resnet": cifar_resnet, "mobilenet": mobilenet}
 
 
 def example(name: str) -> onnx.ModelProto:

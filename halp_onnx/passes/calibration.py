@@ -14,7 +14,7 @@ STAGE = "compile"
 
 def calibration_batches(loaded: LoadedModel, calib: str | os.PathLike | dict | np.ndarray, *,
                         mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                        size: int | None = None, samples: int = 2000, batch_size: int = 32, seed: int = 0
+                        size: int | tuple[int, int] | None = None, samples: int = 2000, batch_size: int = 32, seed: int = 0
                         ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
     """(inputs, labels) batches from a calibration source:
 

@@ -201,13 +201,14 @@ def analyze(loaded: LoadedModel) -> ChannelAnalysis:
     graph = loaded.model.graph
     for node in graph.node:
         rule = rule_for(node, ctx.opset)
-        if rule is None:
+        channels = rule.channels if rule is not None else None  # rule_for only returns rules with channels
+        if channels is None:
             reason = (f"node '{node.name}' has op {node.domain + '::' if node.domain else ''}{node.op_type}, "
                       "which halp-onnx does not know")
             for name in node.input:
                 ctx.freeze(ctx.labels(name) or np.zeros(0, np.int64), reason)
             continue
-        rule.channels(node, ctx)
+        channels(node, ctx)
         _freeze_subgraph_reads(node, ctx)
     for out in graph.output:
         lab = ctx.labels(out.name)
@@ -289,9 +290,9 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
             group_tensors[g].add(name)
     for node in ctx.model.graph.node:
         for t in list(node.input) + list(node.output):
-            lab = labels.get(t)
-            if lab is not None:
-                for g in _groups_in(lab, channel_group):
+            t_lab = labels.get(t)
+            if t_lab is not None:
+                for g in _groups_in(t_lab, channel_group):
                     groups_of_node.setdefault(node.name, set()).add(g)
         for t in ctx.touched.get(node.name, ()):
             for g in _groups_in(labels.get(t) or (init_slices.get(t) or (None,))[0], channel_group):

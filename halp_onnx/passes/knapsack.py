@@ -225,7 +225,8 @@ def _fill(items: list[KnapsackItem], picks: list[int], budget: float) -> list[in
     return p.tolist()
 
 
-def _prepare(items, budget, bins, solver: str, t0: float):
+def _prepare(items: Sequence[KnapsackItem], budget: float, bins: int, solver: str, t0: float
+             ) -> tuple[list[KnapsackItem], float, int, float, KnapsackSolution | None]:
     """Shared start of both solvers: validated inputs, the smallest cost, and the answer when every
     group's best width already fits (then nothing needs solving)."""
     items, budget = _check(items, budget)

@@ -119,16 +119,16 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
         for g in set(cin.groups()) | set(cout.groups()):
             steps[g] = max(steps[g], s)
     choices = {}
-    for g in analysis.prunable:
-        if g.id in frozen:
+    for cg in analysis.prunable:
+        if cg.id in frozen:
             continue
-        size = g.size
-        step = max(1, min(max(steps[g.id], math.ceil(size / max_choices)), size // max_step_share or 1))
+        size = cg.size
+        step = max(1, min(max(steps[cg.id], math.ceil(size / max_choices)), size // max_step_share or 1))
         lo = max(step, int(math.ceil(min_keep * size / step)) * step) if min_keep > 0 else step
         widths = [w for w in range(step, size, step) if w >= lo] + [size]
-        if allow_removal and g.removable:
+        if allow_removal and cg.removable:
             widths = [0] + widths
-        choices[g.id] = GroupChoices(g.id, size, step, tuple(sorted(set(widths))))
+        choices[cg.id] = GroupChoices(cg.id, size, step, tuple(sorted(set(widths))))
     return CostModel(tuple(costs), choices, sizes, frozen)
 
 

@@ -314,8 +314,8 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
         if not vi.type.HasField("tensor_type") or not t.HasField("shape"):
             shapes.setdefault(vi.name, None)
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        shapes[vi.name] = None if any(d is None for d in dims) else tuple(dims)
+        dims = t.shape.dim
+        shapes[vi.name] = tuple(d.dim_value for d in dims) if all(d.HasField("dim_value") for d in dims) else None
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
     return shapes

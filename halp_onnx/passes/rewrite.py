@@ -38,7 +38,7 @@ class RewriteResult:
                 "params": list(self.params), "macs": list(self.macs)}
 
 
-def kept_channels(analysis: ChannelAnalysis, keep: Mapping[int, Sequence[int]]) -> np.ndarray:
+def kept_channels(analysis: ChannelAnalysis, keep: Mapping[int, Sequence[int] | np.ndarray]) -> np.ndarray:
     """Validate a keep choice (group id -> kept channel indices) and expand it to a per-channel mask."""
     kept = np.ones(len(analysis.channel_group), dtype=bool)
     for gid, indices in keep.items():
@@ -99,7 +99,10 @@ class RewriteContext:
         return self.consts.get(name)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self.shapes[name]
+        shape = self.shapes[name]
+        if shape is None:  # callers len() or index it: the TypeError they would raise, with the tensor named
+            raise TypeError(f"the shape of tensor {name!r} is unknown")
+        return shape
 
     def attr(self, node: onnx.NodeProto, key: str, default=None):
         for a in node.attribute:
@@ -155,7 +158,7 @@ def _remove_empty_branches(rw: RewriteContext) -> set[str]:
             removed.add(node.name)
         elif node.input and node.input[0] in empty:  # a consumer with no input channel left
             out = node.output[0]
-            shape = list(rw.shapes[out])
+            shape = list(rw.shape(out))
             mask = rw.mask(out)
             channel_axis = 1 if node.op_type != "MatMul" else len(shape) - 1
             if mask is not None:
@@ -238,8 +241,8 @@ def _axis_sizes(lab: Labels, mask: np.ndarray, name: str):
     return sizes
 
 
-def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis, keep: Mapping[int, Sequence[int]] | np.ndarray,
-            *, check: bool = True) -> RewriteResult:
+def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis,
+            keep: Mapping[int, Sequence[int] | np.ndarray] | np.ndarray, *, check: bool = True) -> RewriteResult:
     """Produce the smaller model. ``keep`` maps group ids to kept channel indices (or is a channel mask)."""
     from ..ops import rule_for
 

@@ -6,7 +6,7 @@ prediction lands just under the real budget.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +29,17 @@ class Round:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass
+class _SolveState:
+    """What :func:`solve_rounds` carries between evaluations: the last widths, the last knapsack
+    instance (items and the budget it was given) and the time spent in the solver."""
+
+    widths: dict[int, int]
+    items: list[KnapsackItem] = field(default_factory=list)
+    avail: float = 0.0
+    solve_s: float = 0.0
 
 
 def first_layer_groups(analysis: ChannelAnalysis, blocks) -> dict[int, str]:
@@ -55,14 +66,13 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
     searched (bracketing + bisection) so that the whole-model prediction at the solution's widths lands
     just under the real budget. The most valuable solution whose prediction fits is kept. ``start``:
     the widths the first solve prices neighbours at (default dense)."""
-    state = {"widths": dict(start) if start is not None else {g: ch.widths[-1] for g, ch in cm.choices.items()},
-             "items": None, "avail": None, "solve_s": 0.0}
+    state = _SolveState(dict(start) if start is not None else {g: ch.widths[-1] for g, ch in cm.choices.items()})
     rounds: list[Round] = []
     best: list = []  # [value, pred, widths]
     index = {g: {w: j for j, w in enumerate(ch.widths)} for g, ch in cm.choices.items()}
 
     def evaluate(internal: float) -> float:
-        widths = state["widths"]
+        widths = state.widths
         changed = 0
         for _ in range(3):  # settle the neighbours' widths at this knapsack budget
             per_group, const = group_costs(cm, widths, block_ms)
@@ -71,14 +81,14 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
             floor = sum(float(c.min()) for c in per_group.values())
             avail = max(internal - const - overhead_ms, floor)
             sol = solve(items, avail, solver=solver)
-            state["solve_s"] += sol.seconds
-            state["items"], state["avail"] = items, avail
+            state.solve_s += sol.seconds
+            state.items, state.avail = items, avail
             new = {g: int(w) for g, w in sol.widths.items()}
             changed = sum(1 for g in new if new[g] != widths[g])
             widths = new
             if not changed:
                 break
-        state["widths"] = widths
+        state.widths = widths
         pred = total_latency(cm, widths, block_ms, overhead_ms)
         value = float(sum(values[g][index[g][w]] for g, w in widths.items()))
         rounds.append(Round(len(rounds), internal, pred, value, changed))
@@ -101,15 +111,17 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
         elif lo is not None:  # still under the budget: hand the knapsack more
             b = lo * min(2.0, max(1.02, budget_ms / max(pred, 1e-12)))
         else:  # over: hand it less
+            if hi is None:  # unreachable: lo is None, so this evaluation was over the budget and set hi
+                raise TypeError("no bracket on the knapsack budget")
             b = hi * max(0.5, min(0.98, budget_ms / max(pred, 1e-12)))
         if lo is not None and hi is not None and hi - lo <= 1e-4 * budget_ms:
             break
     if not best:  # fall back to each group's smallest width, feasible by construction
         w = {g: ch.widths[0] for g, ch in cm.choices.items()}
         best[:] = [float(sum(values[g][0] for g in cm.choices)), total_latency(cm, w, block_ms, overhead_ms), w]
-    items, avail = state["items"], state["avail"]
-    stats: dict[str, Any] = {"solver": solver, "rounds": len(rounds), "solve_seconds": round(state["solve_s"], 4),
-                             "items": len(items or []), "choices": int(sum(len(it.widths) for it in items or []))}
+    items, avail = state.items, state.avail  # items empty until the first knapsack solve
+    stats: dict[str, Any] = {"solver": solver, "rounds": len(rounds), "solve_seconds": round(state.solve_s, 4),
+                             "items": len(items), "choices": int(sum(len(it.widths) for it in items))}
     if items and compare:  # both solvers on the last instance: the exact one must not lose
         ex = solve(items, avail, solver="exact")
         au = solve(items, avail, solver="augmented")

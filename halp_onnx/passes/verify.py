@@ -20,10 +20,11 @@ from .load import PROTOBUF_LIMIT, LoadedModel, save_external, weight_bytes
 
 STAGE = "verify"
 
-_NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
-             onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
-             onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
-             onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
+_NP_TYPES: dict[int, type[np.generic]] = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
+    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,10 @@ def masked_reference(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.nd
         mask = np.where(lab.ids >= 0, kept[np.maximum(lab.ids, 0)], True)
         if mask.all():
             continue
-        rank = len(shapes[consumer.tensor])
+        shape = shapes[consumer.tensor]
+        if shape is None:  # same exception type as len() of the unknown shape would raise
+            raise TypeError(f"tensor {consumer.tensor!r} read by {consumer.node} has no static shape")
+        rank = len(shape)
         view = [1] * rank
         for i, ax in enumerate(lab.axes):
             view[ax] = mask.shape[i]
@@ -85,7 +89,7 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def random_inputs(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
     inits = {i.name for i in model.graph.initializer}
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for vi in model.graph.input:
         if vi.name in inits:
             continue
@@ -154,7 +158,7 @@ def verify(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.ndarray, can
     """Compare the candidate with the masked original; a mismatch raises when ``strict``."""
     result = compare(masked_reference(loaded, analysis, kept), candidate, trials=trials, seed=seed, rtol=rtol)
     if strict and not result.passed:
-        worst = max(result.per_output, key=result.per_output.get)
+        worst = max(result.per_output, key=result.per_output.__getitem__)
         raise HalpError(f"the pruned model differs from the masked original: output '{worst}' relative error "
                         f"{result.per_output[worst]:.3g} > {rtol:g}", stage=STAGE)
     return result

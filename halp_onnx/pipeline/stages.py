@@ -22,11 +22,11 @@ from ..passes.latency_cost import build_cost_model, ranked_values, total_latency
 from ..passes.load import LoadedModel, load
 from ..passes.rewrite import RewriteResult, rewrite
 from ..passes.select import channel_scores, keep_by_ratio
-from ..passes.solve import first_layer_groups, solve_rounds
+from ..passes.solve import Round, first_layer_groups, solve_rounds
 from ..passes.verify import verify
 from .config import PipelineConfig
 from .results import BudgetPlan, Measurement, Selection, TargetLatency
-from .runner import Pipeline, Stage
+from .runner import Pipeline, PipelineRun, Stage
 
 Results = Mapping[str, Any]
 
@@ -99,7 +99,8 @@ def _importance(cfg: PipelineConfig, r: Results) -> Importance:
         from ..passes.calibration import calibration_batches
         from ..passes.importance import taylor_importance
 
-        batches = calibration_batches(loaded, cfg.calib, mean=cfg.mean, std=cfg.std, size=cfg.size,
+        batches = calibration_batches(loaded, cfg.calib, mean=cfg.mean, std=cfg.std,
+                                      size=cfg.size,
                                       samples=cfg.calib_samples, batch_size=cfg.calib_batch)
         return taylor_importance(loaded, analysis, batches, device=cfg.device)
     return magnitude_importance(loaded, analysis, note="magnitude fallback (no calibration data): L2 norm per "
@@ -109,6 +110,7 @@ def _importance(cfg: PipelineConfig, r: Results) -> Importance:
 def solve_budget(cfg: PipelineConfig, plan: BudgetPlan, orders: dict, values: dict, budget_ms: float) -> Selection:
     """One knapsack solve (with width rounds) for ``budget_ms``, as a Selection."""
     cm = plan.cost
+    rounds: list[Round]
     if budget_ms >= plan.dense_ms:
         widths, rounds, stats = dict(plan.dense), [], {"solver": cfg.solver, "rounds": 0,
                                                        "note": "budget >= dense latency"}
@@ -189,7 +191,7 @@ def _measure(cfg: PipelineConfig, r: Results) -> Measurement | None:
     return Measurement(budget.dense_measured_ms or 0.0, ms, budget, tuple(calibration), chosen, res)
 
 
-def final_choice(r: Results) -> tuple[Selection, RewriteResult]:
+def final_choice(r: Results | PipelineRun) -> tuple[Selection, RewriteResult]:
     """The selection and rewrite that stand: the closed loop's pick where it ran, else the first."""
     m = r.get("measured")
     return (m.selection, m.rewrite) if m is not None else (r["selection"], r["rewritten"])

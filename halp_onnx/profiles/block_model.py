@@ -126,6 +126,8 @@ def block_model(sig: BlockSignature, c_in: int, c_out: int, *, seed: int = 0) ->
         if latency_role(op) is Latency.NORM:
             continue  # folded into the weights by every runtime
         if op == "Add":
+            if out_shape is None:  # only anchors have epilogues, and every anchor branch sets out_shape
+                raise TypeError(f"block {sig.key()}: no output shape for the residual input")
             inputs.append(helper.make_tensor_value_info("r", dt, list(out_shape)))
             y = node("Add", [y, "r"])
         elif op == "Clip":

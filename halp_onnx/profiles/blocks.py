@@ -65,14 +65,17 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
         if node.name in fused_into or node.op_type in _FREE_OPS or not node.output:
             continue
         out = node.output[0]
-        if shapes.get(out) is None or not node.input or shapes.get(node.input[0]) is None:
+        out_shape = shapes.get(out)
+        in_shape = shapes.get(node.input[0]) if node.input else None
+        if out_shape is None or in_shape is None:
             continue
-        in_shape, out_shape = shapes[node.input[0]], shapes[out]
         batch = int(in_shape[0]) if in_shape else 1
         if node.op_type in SPATIAL_ANCHOR_OPS and len(in_shape) >= 3:
             epilogue, fused, last = _epilogue(node, readers, outputs)
             fused_into.update(fused)
             weight = shapes[node.input[1]]
+            if weight is None:  # same exception type as indexing the unknown shape would raise
+                raise TypeError(f"{node.op_type} {node.name}: weight {node.input[1]!r} has no static shape")
             k = tuple(int(d) for d in weight[2:])
             groups = int(_attr(node, "group", 1))
             if groups == 1:

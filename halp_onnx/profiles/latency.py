@@ -114,6 +114,13 @@ class LatencyModel:
     def label(self) -> str:
         return analytic.LABEL if self.estimated else "measured"
 
+    def _gpu_spec(self) -> analytic.GpuSpec:
+        """The target's analytic spec; a target without a GPU fails as ``analytic.get_gpu_spec(None)`` does."""
+        spec = self.target.gpu_spec
+        if spec is None:
+            raise HalpError(f"unknown GPU None; known: {', '.join(analytic.GPU_SPECS)}", stage=analytic.STAGE)
+        return spec
+
     def block_ms(self, sig: BlockSignature, c_in: int, c_out: int) -> float:
         """Latency of a block at ``(c_in, c_out)``; with no input channel left, what its epilogue
         costs on its own (the branch folded to a constant, the join and activation remain)."""
@@ -123,7 +130,7 @@ class LatencyModel:
             return sum(self.block_ms(o, c_out, c_out) for o in orphan_signatures(sig)
                        if self.profile is None or o.key() in self.profile.tables)
         if self.profile is None:
-            return analytic.estimate_ms(sig, c_in, c_out, self.target.gpu_spec)
+            return analytic.estimate_ms(sig, c_in, c_out, self._gpu_spec())
         table = self.profile.tables.get(sig.key())
         if table is None:
             raise HalpError(f"profile {self.profile.name}: no table for block {sig.key()}; run "
@@ -140,7 +147,7 @@ class LatencyModel:
 
     def step(self, sig: BlockSignature) -> int:
         if self.profile is None:
-            return analytic.step_size(sig, self.target.gpu_spec)
+            return analytic.step_size(sig, self._gpu_spec())
         table = self.profile.tables.get(sig.key())
         return table.step if table is not None else 1
 
@@ -178,7 +185,12 @@ def predict(blocks: Sequence[Block], lm: LatencyModel, analysis: ChannelAnalysis
     """Latency of the model whose blocks are ``blocks`` with ``kept`` channels (dense when None)."""
     rows = []
     for b in blocks:
-        ci, co = (b.c_in, b.c_out) if kept is None else block_widths(analysis, kept, b)
+        if kept is None:
+            ci, co = b.c_in, b.c_out
+        elif analysis is None:  # the AttributeError block_widths(None, ...) raised before this check
+            raise AttributeError("predict: 'kept' channels need the analysis that numbers them")
+        else:
+            ci, co = block_widths(analysis, kept, b)
         ms = lm.block_ms(b.signature, ci, co) if co > 0 else 0.0
         rows.append(BlockLatency(b.node, b.signature.op, b.signature.key(), ci, co, ms,
                                  lm.is_measured(b.signature, ci, co)))
@@ -308,7 +320,11 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
                         bar.advance(task)
 
                 dense = tuple(sorted({(b.c_in, b.c_out) for b in blocks if b.signature.key() == key}))
-                sample(table, lambda ci, co, s=sig: backend.measure(s, ci, co), on_point=tick, extra=dense)
+
+                def measure_point(ci: int, co: int, s: BlockSignature = sig) -> float:
+                    return backend.measure(s, ci, co)
+
+                sample(table, measure_point, on_point=tick, extra=dense)
                 new += len(table.points) - before
                 prof.tables[key] = table
                 done_expected += _expected_points(d)
