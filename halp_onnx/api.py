@@ -23,6 +23,7 @@ class PruneResult:
     rewrite: RewriteResult
     verification: VerifyResult | None
     seconds: dict[str, float] | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"source": self.loaded.source, "rewrite": self.rewrite.to_dict(),
@@ -47,5 +48,6 @@ def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int 
 
 
 def prune_result(run: PipelineRun) -> PruneResult:
+    guards = run.get("guards")
     return PruneResult(run["rewritten"].model, run["loaded"], run["analysis"], run["rewritten"], run["verification"],
-                       dict(run.seconds))
+                       dict(run.seconds), tuple(guards.warnings) if guards is not None else ())

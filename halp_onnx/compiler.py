@@ -128,6 +128,9 @@ def compile_result(run: PipelineRun) -> CompileResult:
 
         _, reason = target_status(lm.target)
         warn.append(f"latencies on {tl.target.name} are analytic estimates, not measurements ({reason})")
+    guards = run.get("guards")
+    if guards is not None:
+        warn.extend(guards.warnings)
     pred_dense = predict(blocks, lm)
     pred_after = predict(blocks, lm, analysis, result.kept)
     rows = []

@@ -22,7 +22,7 @@ def _cfg(**kw):
 def test_the_order_is_written_once():
     names = [st.name for st in PIPELINE]
     assert names == ["load", "channel-groups", "latency-model", "budget", "importance", "select", "rewrite",
-                     "measure", "verify"]
+                     "measure", "verify", "guard"]
     for st in PIPELINE:  # every declared need is made by an earlier stage
         earlier = {o.makes for o in PIPELINE.stages[: PIPELINE.stages.index(st)]}
         assert set(st.needs) <= earlier, st.name
@@ -31,9 +31,9 @@ def test_the_order_is_written_once():
 def test_configurations_pick_their_stages():
     ratio = PipelineConfig(example("resnet"), mode="ratio", ratio=0.3)
     assert [s.name for s in PIPELINE.plan(ratio)] == ["load", "channel-groups", "importance", "select", "rewrite",
-                                                      "verify"]
+                                                      "verify", "guard"]
     assert [s.name for s in PIPELINE.plan(_cfg())] == ["load", "channel-groups", "latency-model", "budget",
-                                                       "importance", "select", "rewrite", "verify"]
+                                                       "importance", "select", "rewrite", "verify", "guard"]
     assert "measure" in [s.name for s in PIPELINE.plan(_cfg(measure_result=True))]
     # up to a stage: only what it needs
     assert [s.name for s in PIPELINE.plan(_cfg(), until="budget")] == ["load", "channel-groups", "latency-model",
@@ -56,7 +56,7 @@ def test_run_until_a_stage_and_inspect_frozen_serialisable_results():
 def test_given_results_stand_in_for_stages():
     first = PIPELINE.run(_cfg(), until="select")
     again = PIPELINE.run(_cfg(), given={k: first[k] for k in ("loaded", "analysis", "selection")})
-    assert again.stages == ("rewrite", "verify")
+    assert again.stages == ("rewrite", "verify", "guard")
     assert again["verification"].passed
 
 
@@ -114,3 +114,51 @@ def test_config_checks_its_options():
     with pytest.raises(HalpError, match="target and a latency"):
         PipelineConfig(example("resnet"), mode="budget")
     assert np.isfinite(LatencyBudget.parse("3ms").resolve(6.0).share)
+
+
+def test_exclude_round_to_and_guards():
+    from halp_onnx.pipeline.stages import excluded_groups
+
+    run = PIPELINE.run(PipelineConfig(example("resnet"), mode="ratio", ratio=0.5), until="channel-groups")
+    an = run["analysis"]
+    target = an.prunable[-1]
+    held = excluded_groups(an, (target.producers[0],))
+    assert target.id in held and "--exclude" in held[target.id]
+    with pytest.raises(HalpError, match="--exclude 'nope\\*'"):
+        excluded_groups(an, ("nope*",))
+    cut = PIPELINE.run(PipelineConfig(example("resnet"), mode="ratio", ratio=0.5, round_to=8,
+                                      exclude=(target.producers[0],)))
+    widths = cut["rewritten"].widths
+    assert widths[target.id][0] == widths[target.id][1]  # excluded: dense
+    for g in an.prunable:
+        before, after = widths[g.id]
+        assert after == before or after % 8 == 0, (g.id, before, after)
+    assert cut["guards"].params_kept < 1
+    # a result that removes a branch is reported
+    from halp_onnx.pipeline import Selection
+
+    g = next(g for g in an.prunable if g.removable)
+    given = {"loaded": run["loaded"], "analysis": an, "selection": Selection({g.id: np.zeros(0, np.int64)}, "ratio")}
+    gone = PIPELINE.run(PipelineConfig(example("resnet"), mode="ratio"), given=given)
+    assert gone["guards"].removed_groups == (g.id,)
+    assert any("removed entirely" in w for w in gone["guards"].warnings)
+    with pytest.raises(HalpError, match="refused"):
+        PIPELINE.run(PipelineConfig(example("resnet"), mode="ratio", strict=True), given=given)
+    with pytest.raises(HalpError, match="refused \\(--strict\\)"):
+        PIPELINE.run(PipelineConfig(example("resnet"), mode="ratio", ratio=0.9, strict=True, min_params=0.5))
+
+
+def test_a_result_cut_off_from_its_inputs_is_refused():
+    """The verifier compares with the masked original, which a dead result matches; the guard does not."""
+    from dataclasses import replace
+
+    from halp_onnx.pipeline import Selection
+
+    first = PIPELINE.run(PipelineConfig(example("resnet"), mode="ratio", ratio=0.3), until="verify")
+    dead = replace(first["verification"], candidate_input_sensitive=False)
+    given = {k: first[k] for k in ("loaded", "analysis", "selection", "rewritten")}
+    with pytest.raises(HalpError, match="no longer depend on its inputs"):
+        PIPELINE.run(first.config, given={**given, "verification": dead})
+    assert isinstance(given["selection"], Selection)
+    ok = PIPELINE.run(first.config, given={**given, "verification": first["verification"]})
+    assert ok.stages == ("guard",)

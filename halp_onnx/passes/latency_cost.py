@@ -96,11 +96,12 @@ def _side(analysis: ChannelAnalysis, tensor: str, dense: int, prunable: set[int]
 
 def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of, *, min_keep: float = 0.1,
                      allow_removal: bool = True, frozen: dict[int, str] | None = None,
-                     max_step_share: int = 8, max_choices: int = 64) -> CostModel:
+                     max_step_share: int = 8, max_choices: int = 64, round_to: int = 1) -> CostModel:
     """Attribute blocks to groups and list each prunable group's allowed widths.
 
     ``step_of(signature) -> int`` is the target's latency step for a block; ``frozen`` maps group ids
-    to the reason they stay dense (first conv, user choice)."""
+    to the reason they stay dense (first conv, user choice); ``round_to``: kept widths are multiples of it
+    (``--round-to``, as Torch-Pruning's ``round_to``), the dense width always allowed."""
     frozen = dict(frozen or {})
     prunable = {g.id for g in analysis.prunable if g.id not in frozen}
     sizes = {g.id: g.size for g in analysis.groups}
@@ -124,6 +125,8 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
             continue
         size = cg.size
         step = max(1, min(max(steps[cg.id], math.ceil(size / max_choices)), size // max_step_share or 1))
+        if round_to > 1:
+            step = math.ceil(step / round_to) * round_to
         lo = max(step, int(math.ceil(min_keep * size / step)) * step) if min_keep > 0 else step
         widths = [w for w in range(step, size, step) if w >= lo] + [size]
         if allow_removal and cg.removable:

@@ -5,6 +5,8 @@ every prunable group, keeping its highest-scoring channels.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 
 from ..errors import HalpError
@@ -52,13 +54,20 @@ def group_order(analysis: ChannelAnalysis, scores: np.ndarray, gid: int) -> np.n
     return analysis.channel_index[members[np.argsort(-scores[members], kind="stable")]]
 
 
-def keep_by_ratio(analysis: ChannelAnalysis, scores: np.ndarray, ratio: float) -> dict[int, np.ndarray]:
-    """Remove ``round(ratio * size)`` channels of every prunable group (at least one channel stays)."""
+def keep_by_ratio(analysis: ChannelAnalysis, scores: np.ndarray, ratio: float, *, held: Iterable[int] = (),
+                  round_to: int = 1) -> dict[int, np.ndarray]:
+    """Remove ``round(ratio * size)`` channels of every prunable group (at least one channel stays);
+    groups in ``held`` stay dense; with ``round_to`` the kept count is rounded up to a multiple of it."""
     if not 0.0 <= ratio < 1.0:
         raise HalpError(f"--ratio {ratio}: expected a share in [0, 1)", stage=STAGE)
+    held = set(held)
     keep = {}
     for group in analysis.prunable:
+        if group.id in held:
+            continue
         n_keep = max(1, group.size - int(round(ratio * group.size)))
+        if round_to > 1:
+            n_keep = min(group.size, -(-n_keep // round_to) * round_to)
         if n_keep < group.size:
             keep[group.id] = np.sort(group_order(analysis, scores, group.id)[:n_keep])
     return keep

@@ -35,6 +35,7 @@ class VerifyResult:
     trials: int
     tolerance: float
     input_sensitive: bool = True  # False: the outputs did not change with the inputs (a weak check)
+    candidate_input_sensitive: bool = True  # False: the rewritten model's outputs ignore its inputs
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -138,6 +139,7 @@ def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, *, trials: i
     if names != cand_names:
         raise HalpError("the rewritten model's outputs differ from the original's", stage=STAGE)
     sensitive = any(not np.array_equal(x, y) for later in ref_outs[1:] for x, y in zip(ref_outs[0], later))
+    cand_sensitive = any(not np.array_equal(x, y) for later in cand_outs[1:] for x, y in zip(cand_outs[0], later))
     errors = {n: 0.0 for n in names}
     for ref_out, cand_out in zip(ref_outs, cand_outs):
         for name, a, b in zip(names, ref_out, cand_out):
@@ -150,7 +152,8 @@ def compare(reference: onnx.ModelProto, candidate: onnx.ModelProto, *, trials: i
             errors[name] = max(errors[name], err)
     worst = max(errors.values()) if errors else 0.0
     return VerifyResult(passed=bool(worst <= rtol), max_rel_error=worst, per_output=errors, trials=trials,
-                        tolerance=rtol, input_sensitive=sensitive or trials < 2)
+                        tolerance=rtol, input_sensitive=sensitive or trials < 2,
+                        candidate_input_sensitive=cand_sensitive or trials < 2)
 
 
 def verify(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.ndarray, candidate: onnx.ModelProto, *,

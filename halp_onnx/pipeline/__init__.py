@@ -7,9 +7,9 @@
 ``prune``, ``compile``, ``compile --iterative``, the Python API and the CLI are configurations of it.
 """
 from .config import PipelineConfig
-from .results import BudgetPlan, Measurement, Selection, TargetLatency
+from .results import BudgetPlan, Guards, Measurement, Selection, TargetLatency
 from .runner import Pipeline, PipelineRun, Stage, StageFailure
 from .stages import PIPELINE, require_prunable
 
-__all__ = ["PIPELINE", "BudgetPlan", "Measurement", "Pipeline", "PipelineConfig", "PipelineRun", "Selection", "Stage",
+__all__ = ["PIPELINE", "BudgetPlan", "Guards", "Measurement", "Pipeline", "PipelineConfig", "PipelineRun", "Selection", "Stage",
            "StageFailure", "TargetLatency", "require_prunable"]

@@ -49,6 +49,11 @@ class PipelineConfig:
     min_keep: float = 0.1
     allow_removal: bool = True
     prune_first: bool = False
+    # guards: groups kept dense by node name / pattern, channel multiples, what a result may remove
+    exclude: tuple[str, ...] = ()
+    round_to: int = 1
+    min_params: float = 0.25  # warn when fewer parameters than this share are kept
+    strict: bool = False  # refuse a result that a guard warns about (a removed branch, too few parameters)
     # closed loop (budget mode, measurable targets)
     measure_result: bool = True
     calibrate: int = 3
@@ -61,6 +66,10 @@ class PipelineConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.round_to < 1:
+            raise HalpError(f"--round-to {self.round_to}: expected a positive channel multiple", stage="pipeline")
+        if not 0 <= self.min_params < 1:
+            raise HalpError(f"--min-params {self.min_params}: expected a share in [0, 1)", stage="pipeline")
         if self.mode not in ("ratio", "budget", "iterative"):
             raise HalpError(f"mode {self.mode!r}: expected ratio, budget or iterative", stage="pipeline")
         if self.mode != "ratio":

@@ -99,3 +99,16 @@ class Measurement:
     def to_dict(self) -> dict:
         return {"dense_measured_ms": self.dense_ms, "measured_ms": self.ms,
                 "target_measured_ms": self.budget.target_measured_ms, "calibration": list(self.calibration)}
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The ``guard`` stage: warnings a user should read before shipping the result."""
+
+    warnings: tuple[str, ...]
+    removed_groups: tuple[int, ...]
+    params_kept: float  # share of the parameters kept
+
+    def to_dict(self) -> dict:
+        return {"warnings": list(self.warnings), "removed_groups": list(self.removed_groups),
+                "params_kept": self.params_kept}

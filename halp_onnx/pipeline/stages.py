@@ -1,6 +1,7 @@
 """The stages, and the one place their order is written (:data:`PIPELINE`).
 
     load -> channel-groups -> latency-model -> budget -> importance -> select -> rewrite -> measure -> verify
+         -> guard
 
 ``prune`` (mode "ratio") runs load, channel-groups, importance (the criterion's scores), select (a
 share of every group), rewrite, verify. ``compile`` (mode "budget") runs them all: the knapsack
@@ -25,7 +26,7 @@ from ..passes.select import channel_scores, keep_by_ratio
 from ..passes.solve import Round, first_layer_groups, solve_rounds
 from ..passes.verify import verify
 from .config import PipelineConfig
-from .results import BudgetPlan, Measurement, Selection, TargetLatency
+from .results import BudgetPlan, Guards, Measurement, Selection, TargetLatency
 from .runner import Pipeline, PipelineRun, Stage
 
 Results = Mapping[str, Any]
@@ -37,6 +38,27 @@ def require_prunable(analysis: ChannelAnalysis, source: str) -> None:
         return
     first = next((g.reasons[0] for g in analysis.groups if g.reasons), "the model has no channels to prune")
     raise HalpError(f"{source}: nothing can be pruned: every channel group is frozen ({first})", stage="channel-groups")
+
+
+def excluded_groups(analysis: ChannelAnalysis, patterns: tuple[str, ...]) -> dict[int, str]:
+    """Prunable groups that ``--exclude`` keeps dense: a pattern (node name or shell glob) matching one of
+    the group's producers or consumers. A pattern that matches no node of the model is an error."""
+    import fnmatch
+
+    if not patterns:
+        return {}
+    nodes = {n for g in analysis.groups for n in (*g.producers, *g.consumers)}
+    out: dict[int, str] = {}
+    for pat in patterns:
+        hits = {n for n in nodes if fnmatch.fnmatchcase(n, pat)}
+        if not hits:
+            raise HalpError(f"--exclude {pat!r}: matches no node that produces or consumes prunable channels",
+                            stage="select")
+        for g in analysis.prunable:
+            names = [n for n in (*g.producers, *g.consumers) if n in hits]
+            if names and g.id not in out:
+                out[g.id] = f"kept dense by --exclude {pat} (node {names[0]})"
+    return out
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -69,8 +91,9 @@ def _budget(cfg: PipelineConfig, r: Results) -> BudgetPlan:
     assert cfg.latency is not None
     block_ms = lru_cache(maxsize=None)(lambda sig, ci, co: lm.block_ms(sig, ci, co))
     held = {} if cfg.prune_first else first_layer_groups(analysis, tl.blocks)
+    held.update({g: why for g, why in excluded_groups(analysis, cfg.exclude).items() if g not in held})
     cm = build_cost_model(analysis, tl.blocks, lm.step, min_keep=cfg.min_keep, allow_removal=cfg.allow_removal,
-                          frozen=held)
+                          frozen=held, round_to=cfg.round_to)
     if not cm.choices:
         raise HalpError(f"{loaded.source}: every prunable group is held dense ({'; '.join(held.values())})",
                         stage="compile")
@@ -124,7 +147,9 @@ def solve_budget(cfg: PipelineConfig, plan: BudgetPlan, orders: dict, values: di
 def _select(cfg: PipelineConfig, r: Results) -> Selection:
     analysis = r["analysis"]
     if cfg.mode == "ratio":
-        return Selection(keep_by_ratio(analysis, r["importance"].scores, cfg.ratio), "ratio")
+        held = excluded_groups(analysis, cfg.exclude)
+        return Selection(keep_by_ratio(analysis, r["importance"].scores, cfg.ratio, held=held,
+                                       round_to=cfg.round_to), "ratio")
     if cfg.mode == "iterative":  # the torch bridge's settings carry the training loop (torch.halp)
         if cfg.iterative is None or not callable(getattr(cfg.iterative, "select", None)):
             raise HalpError("iterative mode needs the torch bridge's IterativeSettings (training data) in "
@@ -203,6 +228,38 @@ def _verify(cfg: PipelineConfig, r: Results):
     return verify(loaded, analysis, result.kept, result.model)
 
 
+def _guard(cfg: PipelineConfig, r: Results) -> Guards:
+    """What a user should hear about before shipping the result: a branch removed, too few parameters
+    kept, an output cut off from the inputs (always refused); with ``strict``, any warning refuses."""
+    selection, result = final_choice(r)
+    loaded, analysis = base_of(r, selection)
+    check = r["verification"]
+    if not check.candidate_input_sensitive:
+        from ..passes.verify import compare
+
+        dense = compare(loaded.model, loaded.model, trials=2)
+        if dense.input_sensitive:
+            raise HalpError(f"{loaded.source}: refused: the pruned model's outputs no longer depend on its inputs "
+                            "(too much was removed); ask for a larger budget or use --no-removal", stage="guard")
+    warnings: list[str] = []
+    removed = []
+    for g, (before, after) in sorted(result.widths.items()):
+        if after == 0 and before > 0:
+            removed.append(g)
+            grp = analysis.group(g)
+            warnings.append(f"group {g} ({', '.join(grp.producers[:2]) or '-'}) removed entirely: its branch is "
+                            "gone from the model")
+    p0, p1 = result.params
+    share = p1 / p0 if p0 else 1.0
+    if share < cfg.min_params:
+        warnings.append(f"only {100 * share:.1f}% of the parameters are kept ({p1:,} of {p0:,}; --min-params "
+                        f"{cfg.min_params:g})")
+    if cfg.strict and warnings:
+        raise HalpError(f"{loaded.source}: refused (--strict): {warnings[0]}"
+                        + (f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""), stage="guard")
+    return Guards(tuple(warnings), tuple(removed), share)
+
+
 # ---------------------------------------------------------------------------------------- the order
 def _targets(cfg: PipelineConfig) -> bool:
     return cfg.uses_target
@@ -227,4 +284,6 @@ PIPELINE = Pipeline((
           doc="closed loop on a target that runs here: time, re-solve with the budget rescaled by the miss"),
     Stage("verify", "verification", _verify, ("loaded", "analysis", "selection", "rewritten"), ("measured",),
           doc="onnxruntime: the rewrite computes what the masked original computes (passes.verify)"),
+    Stage("guard", "guards", _guard, ("loaded", "analysis", "selection", "rewritten", "verification"),
+          ("measured",), doc="warn about removed branches and few kept parameters; refuse a dead model"),
 ))
