@@ -86,8 +86,9 @@ class Selection:
 
 @dataclass(frozen=True)
 class Measurement:
-    """The ``measure`` stage (closed loop): the dense and chosen models timed on the target, and the
-    candidate the loop picked (its selection and rewrite replace the first ones)."""
+    """The ``measure`` stage (closed loop): the chosen model timed against the dense one on the target
+    (``ms`` = ``ratio`` x ``dense_ms``), and the candidate the loop picked (its selection and rewrite
+    replace the first ones)."""
 
     dense_ms: float
     ms: float
@@ -95,10 +96,13 @@ class Measurement:
     calibration: tuple[dict, ...]
     selection: Selection
     rewrite: RewriteResult
+    ratio: float = float("nan")  # measured pruned / dense: the median of per-round ratios, paired in one process
+    paired: dict = field(default_factory=dict)  # the chosen candidate's PairedTiming
 
     def to_dict(self) -> dict:
-        return {"dense_measured_ms": self.dense_ms, "measured_ms": self.ms,
-                "target_measured_ms": self.budget.target_measured_ms, "calibration": list(self.calibration)}
+        return {"dense_measured_ms": self.dense_ms, "measured_ms": self.ms, "measured_ratio": self.ratio,
+                "target_measured_ms": self.budget.target_measured_ms, "paired": self.paired,
+                "calibration": list(self.calibration)}
 
 
 @dataclass(frozen=True)

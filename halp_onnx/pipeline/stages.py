@@ -173,10 +173,12 @@ def _rewrite(cfg: PipelineConfig, r: Results) -> RewriteResult:
 
 
 def _measure(cfg: PipelineConfig, r: Results) -> Measurement | None:
-    """Closed loop: the table sets the widths, the measurement checks them; where the result misses the
-    measured target, the knapsack budget is rescaled by the miss and the model solved again."""
-    from ..profiles.backends import best_of_medians, get_backend
+    """Closed loop: the table sets the widths, the measurement checks them. Each candidate is timed
+    alternately with the dense model in this process (the median of per-round ratios, robust to a loaded
+    machine); where it misses the target, the knapsack budget is rescaled by the miss and solved again."""
+    from ..profiles.backends import get_backend
     from ..profiles.targets import target_status
+    from ..profiles.timing import PairedTiming, paired_timing
 
     lm = r["latency"].model
     available, _ = target_status(lm.target)
@@ -184,21 +186,26 @@ def _measure(cfg: PipelineConfig, r: Results) -> Measurement | None:
         return None
     loaded, plan, sel = r["loaded"], r["plan"], r["selection"]
     backend = get_backend(lm.target, threads=cfg.threads)
+    share = plan.budget.budget.share
 
-    def timed(model) -> float:
-        return best_of_medians(backend, model, 2.1)
+    def timed(model) -> PairedTiming:
+        return paired_timing(backend, loaded.model, model, rounds=7, budget_s=4.2)
 
-    budget = plan.budget.with_measured(timed(loaded.model))
-    target_ms = budget.target_measured_ms
-    assert target_ms is not None
+    def miss_of(pt: PairedTiming, dense_ms: float) -> float:  # measured / target
+        if share is not None:
+            return pt.ratio / share
+        return pt.ratio * dense_ms / plan.budget.budget.amount
+
     result = r["rewritten"]
-    measured = timed(result.model)
+    pt = timed(result.model)
+    dense_samples = [pt.reference_ms]
     solver_budget = plan.budget.ms
-    candidates = [(measured, sel, result)]
-    calibration = [{"knapsack_budget_ms": solver_budget, "measured_ms": measured, "target_ms": target_ms}]
+    candidates = [(pt, sel, result)]
+    calibration = [{"knapsack_budget_ms": solver_budget, "ratio": pt.ratio, "measured_ms": pt.ms,
+                    "dense_ms": pt.reference_ms}]
     tol = cfg.calibrate_tol
     for _ in range(cfg.calibrate):
-        miss = measured / target_ms
+        miss = miss_of(pt, float(np.median(dense_samples)))
         if 1 - tol <= miss <= 1.0 + tol / 3:
             break
         solver_budget = min(max(solver_budget / miss, plan.min_ms), plan.dense_ms)
@@ -206,14 +213,19 @@ def _measure(cfg: PipelineConfig, r: Results) -> Measurement | None:
         if sel2.widths == candidates[-1][1].widths:
             break
         res2 = rewrite(loaded, r["analysis"], sel2.keep, check=cfg.check)
-        measured = timed(res2.model)
-        calibration.append({"knapsack_budget_ms": solver_budget, "measured_ms": measured, "target_ms": target_ms})
-        candidates.append((measured, sel2, res2))
-    fits = [c for c in candidates if c[0] <= target_ms * (1 + tol / 3)]
-    ms, chosen, res = max(fits, key=lambda c: c[0]) if fits else min(candidates, key=lambda c: c[0])
+        pt = timed(res2.model)
+        dense_samples.append(pt.reference_ms)
+        calibration.append({"knapsack_budget_ms": solver_budget, "ratio": pt.ratio, "measured_ms": pt.ms,
+                            "dense_ms": pt.reference_ms})
+        candidates.append((pt, sel2, res2))
+    dense_ms = float(np.median(dense_samples))
+    fits = [c for c in candidates if miss_of(c[0], dense_ms) <= 1 + tol / 3]
+    best, chosen, res = max(fits, key=lambda c: c[0].ratio) if fits else min(candidates, key=lambda c: c[0].ratio)
     chosen = Selection(chosen.keep, chosen.method, chosen.widths, chosen.rounds,
                        dict(chosen.stats, calibration=calibration), chosen.orders, chosen.values)
-    return Measurement(budget.dense_measured_ms or 0.0, ms, budget, tuple(calibration), chosen, res)
+    budget = plan.budget.with_measured(dense_ms)
+    return Measurement(dense_ms, best.ratio * dense_ms, budget, tuple(calibration), chosen, res, best.ratio,
+                       best.to_dict())
 
 
 def final_choice(r: Results | PipelineRun) -> tuple[Selection, RewriteResult]:

@@ -84,6 +84,12 @@ class OrtCpuBackend:
         data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
+    def prepare(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None):
+        """One session for ``model``, returned as a zero-argument run (for :func:`paired_timing`)."""
+        sess = self.session(model)
+        feeds = block_feeds_for(model) if feeds is None else feeds
+        return lambda: sess.run(None, feeds)
+
     def _time(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_s: float) -> Timing:
         sess = self.session(model)
         return time_callable(lambda: sess.run(None, feeds), budget_s=budget_s, min_runs=self.min_runs)

@@ -1,7 +1,8 @@
 """Timing pieces every profile backend shares: the :class:`Timing` summary, the wall-clock
 timer :func:`time_callable`, the :class:`Backend` protocol, the trivial model that prices a run
 (:func:`_null_model`), random feeds for a model (:func:`block_feeds_for`) and
-:func:`best_of_medians`.
+:func:`best_of_medians`, and :func:`paired_timing` (two models alternated, the median of
+per-round ratios).
 
 It imports no backend, so :mod:`~halp_onnx.profiles.backends` and
 :mod:`~halp_onnx.profiles.torch_cuda` both build on it without importing each other.
@@ -105,3 +106,47 @@ def best_of_medians(backend, model, budget_s: float, passes: int = 3) -> float:
     """The smallest of ``passes`` median run times (ms): other tenants of a shared machine only ever
     add time, so the least disturbed pass is the figure."""
     return min(backend.time_model(model, budget_s=budget_s / passes).median_ms for _ in range(passes))
+
+
+@dataclass(frozen=True)
+class PairedTiming:
+    """Two models timed alternately in one process: ``ratio`` is the median of per-round ratios
+    (candidate / reference), which a loaded machine disturbs far less than either absolute figure."""
+
+    reference_ms: float  # median over rounds of the reference's per-round median
+    ms: float  # the same for the candidate
+    ratio: float
+    ratio_p10: float
+    ratio_p90: float
+    rounds: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def paired_timing(backend, reference: onnx.ModelProto, candidate: onnx.ModelProto, *, rounds: int = 7,
+                  budget_s: float = 2.1) -> PairedTiming:
+    """Time ``reference`` and ``candidate`` alternately (ABBA order) for ``rounds`` rounds of
+    ``budget_s / rounds`` seconds in all. A backend with ``prepare(model) -> run()`` keeps one session per
+    model; otherwise each turn calls ``backend.time_model``."""
+    rounds = max(int(rounds), 1)
+    per_turn = budget_s / (2 * rounds)
+    prepare = getattr(backend, "prepare", None)
+    if callable(prepare):
+        run_ref, run_cand = prepare(reference), prepare(candidate)
+
+        def turn(which: int) -> float:
+            return time_callable(run_ref if which == 0 else run_cand, budget_s=per_turn, min_runs=3).median_ms
+    else:
+        def turn(which: int) -> float:
+            return backend.time_model(reference if which == 0 else candidate, budget_s=per_turn).median_ms
+    ref, cand, ratios = [], [], []
+    for k in range(rounds):
+        order = (0, 1) if k % 2 == 0 else (1, 0)
+        got = {w: turn(w) for w in order}
+        ref.append(got[0])
+        cand.append(got[1])
+        ratios.append(got[1] / got[0] if got[0] > 0 else float("inf"))
+    r = np.asarray(ratios)
+    return PairedTiming(float(np.median(ref)), float(np.median(cand)), float(np.median(r)),
+                        float(np.percentile(r, 10)), float(np.percentile(r, 90)), rounds)
