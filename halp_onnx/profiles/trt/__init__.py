@@ -12,9 +12,13 @@ Two halves:
   :class:`~halp_onnx.errors.HalpError` with ``stage="tensorrt"``.
 
 * **Measurement** (:class:`TrtBackend`): builds an engine with the TensorRT Python API
-  and times ``execute_async_v3`` with CUDA events, or runs the ``trtexec`` binary and
-  parses its output.  Neither can run without TensorRT and an NVIDIA GPU; they then
-  raise a one-line :class:`HalpError` that says so.
+  and times ``execute_async_v3`` with CUDA events (per-layer times through ``IProfiler``),
+  or runs the ``trtexec`` binary and parses its output.  Neither can run without TensorRT
+  and an NVIDIA GPU; they then raise a one-line :class:`HalpError` that says so.  The
+  Python-API path supports TensorRT :data:`SUPPORTED` (8.6 to 11.x) and refuses any other
+  release; every TensorRT name it uses is checked against the real bindings of 8.6.1,
+  10.4.0, 10.16.1.11 and 11.4.0.106 (``tests/test_trt_surface.py``).  An int8 engine
+  written for the user is calibrated (``calib_batches``) or comes from a Q/DQ model.
 
 All times are milliseconds unless a name says otherwise (``*_s``: seconds).
 
@@ -28,8 +32,8 @@ Modules: :mod:`.common` (constants, type aliases, shared text helpers), :mod:`.r
 from __future__ import annotations
 
 from .api_driver import TrtBackend
-from .common import (FALLBACK_HINT, NOT_INSTALLED, PRECISIONS, STAGE, JsonLike, ModelLike, Precision, TextLike,
-                     check_precision)
+from .common import (FALLBACK_HINT, NOT_INSTALLED, PRECISIONS, STAGE, SUPPORTED, JsonLike, ModelLike, Precision,
+                     TextLike, check_precision, trt_version)
 from .parse_layers import parse_engine_info, parse_layer_info
 from .parse_polygraphy import parse_polygraphy_log
 from .parse_trtexec import (parse_dump_profile, parse_dump_profile_table, parse_export_profile,
@@ -52,6 +56,7 @@ __all__ = [
     "PolygraphyRun",
     "Precision",
     "STAGE",
+    "SUPPORTED",
     "TensorInfo",
     "TextLike",
     "TimingStats",
@@ -69,4 +74,5 @@ __all__ = [
     "parse_layer_info",
     "parse_polygraphy_log",
     "parse_trtexec_log",
+    "trt_version",
 ]

@@ -19,6 +19,14 @@ STAGE = "tensorrt"
 NOT_INSTALLED = "TensorRT is not installed (pip install halp-onnx[trt] on a machine with an NVIDIA GPU)"
 FALLBACK_HINT = "use an analytic target estimate instead"
 
+# The TensorRT releases the Python-API driver is written for: 8.6 up to the last 11.x.  Every
+# TensorRT name the driver uses is checked against the real bindings of 8.6.1, 10.4.0 (the last
+# release with Volta), 10.16.1.11 and 11.4.0.106 (tests/data/trt_surface, tools/trt_surface.py).
+SUPPORTED: tuple[str, str] = ("8.6", "11.99")
+# Majors inside that range the driver refuses: no 9.x bindings wheel is on PyPI (the 9.x releases
+# were for LLM workloads only), so no surface checks them.
+UNSUPPORTED_MAJORS: tuple[int, ...] = (9,)
+
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
@@ -38,6 +46,23 @@ def check_precision(precision: str) -> Precision:
     if precision not in PRECISIONS:
         raise _error(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return cast(Precision, precision)
+
+
+def _version_tuple(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in re.findall(r"\d+", text)[:2]]
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
+
+
+def trt_version(trt: Any) -> tuple[int, int]:
+    """``(major, minor)`` of an imported ``tensorrt`` module; the stage's one-line error when it
+    is outside :data:`SUPPORTED` or one of :data:`UNSUPPORTED_MAJORS`."""
+    text = str(getattr(trt, "__version__", "") or "unknown")
+    version = _version_tuple(text) if re.match(r"\s*\d", text) else (0, 0)
+    low, high = (_version_tuple(v) for v in SUPPORTED)
+    if not low <= version <= high or version[0] in UNSUPPORTED_MAJORS:
+        raise _error(f"TensorRT {text} is not supported: the Python-API driver needs TensorRT "
+                     f"{SUPPORTED[0]} to {high[0]}.x (not {'/'.join(f'{m}.x' for m in UNSUPPORTED_MAJORS)})")
+    return version
 
 
 # --------------------------------------------------------------------------------------

@@ -8,12 +8,16 @@ from halp_onnx.errors import HalpError
 
 from .common import _error
 
+
 class _Cuda(Protocol):
     """Device buffers, a stream and event timing; backed by torch or cuda-python."""
 
     device_name: str
 
     def alloc(self, nbytes: int, random_dtype: str | None) -> int: ...
+
+    def upload(self, ptr: int, host: Any) -> None:
+        """Copy a host numpy array into the buffer at ``ptr`` (from :meth:`alloc`), synchronously."""
 
     @property
     def stream_handle(self) -> int: ...
@@ -34,7 +38,7 @@ class _TorchCuda:
         self._torch = torch
         self.device_name = str(torch.cuda.get_device_name(0))
         self._stream = torch.cuda.Stream()
-        self._buffers: list[Any] = []
+        self._buffers: dict[int, Any] = {}
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
 
@@ -47,8 +51,18 @@ class _TorchCuda:
             buf = torch.rand(count, dtype=dtype, device="cuda")
         else:
             buf = torch.zeros(max(1, nbytes), dtype=torch.uint8, device="cuda")
-        self._buffers.append(buf)
+        self._buffers[int(buf.data_ptr())] = buf
         return int(buf.data_ptr())
+
+    def upload(self, ptr: int, host: Any) -> None:
+        import numpy as np
+
+        data = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
+        dst = self._buffers[ptr].view(self._torch.uint8)
+        if data.size > dst.numel():
+            raise _error(f"{data.size} bytes do not fit a {dst.numel()}-byte device buffer")
+        dst[: data.size].copy_(self._torch.from_numpy(data.copy()))
+        self._torch.cuda.synchronize()
 
     @property
     def stream_handle(self) -> int:
@@ -83,6 +97,7 @@ class _CudaPython:
         self._np = np
         self._rt = _import_cudart()
         self._ptrs: list[Any] = []
+        self._sizes: dict[int, int] = {}
         count = self._call(self._rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
         if not count:
             raise _error("cuda-python sees no CUDA device")
@@ -106,6 +121,7 @@ class _CudaPython:
         nbytes = max(1, nbytes)
         ptr = self._call(self._rt.cudaMalloc(nbytes), "cudaMalloc")
         self._ptrs.append(ptr)
+        self._sizes[int(ptr)] = nbytes
         if random_dtype in ("float32", "float16"):
             dtype = np.dtype(random_dtype)
             host = np.random.default_rng(0).random(nbytes // dtype.itemsize).astype(dtype)
@@ -117,6 +133,13 @@ class _CudaPython:
         else:
             self._call(self._rt.cudaMemset(ptr, 0, nbytes), "cudaMemset")
         return int(ptr)
+
+    def upload(self, ptr: int, host: Any) -> None:
+        data = self._np.ascontiguousarray(host)
+        if data.nbytes > self._sizes.get(ptr, 0):
+            raise _error(f"{data.nbytes} bytes do not fit a {self._sizes.get(ptr, 0)}-byte device buffer")
+        self._call(self._rt.cudaMemcpy(ptr, data.ctypes.data, data.nbytes,
+                                       self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy")
 
     @property
     def stream_handle(self) -> int:
@@ -137,6 +160,7 @@ class _CudaPython:
         for ptr in self._ptrs:
             self._rt.cudaFree(ptr)
         self._ptrs.clear()
+        self._sizes.clear()
         self._rt.cudaEventDestroy(self._start)
         self._rt.cudaEventDestroy(self._end)
         self._rt.cudaStreamDestroy(self._stream)

@@ -193,13 +193,23 @@ class PolygraphyResult:
 
 @dataclass(frozen=True)
 class TrtMeasurement:
-    """Per-iteration GPU times of one engine, measured with CUDA events around ``execute_async_v3``."""
+    """Per-iteration GPU times of one engine, measured with CUDA events around ``execute_async_v3``.
+
+    ``layers`` holds per-layer times from TensorRT's ``IProfiler`` (a separate, profiled run;
+    empty unless asked for) and ``engine_info`` what the engine inspector reports (the engine's
+    I/O tensor names as ``bindings``).  ``int8_source`` says where an int8 engine's scales came
+    from: ``"qdq"`` (the model's Q/DQ nodes), ``"calibration"`` or ``"placeholder"`` (fixed
+    ranges: timing only); ``None`` for other precisions.
+    """
 
     samples_ms: tuple[float, ...]
     precision: str
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...]
     trt_version: str
     device: str
+    layers: tuple[LayerTiming, ...] = ()
+    engine_info: EngineInfo | None = None
+    int8_source: str | None = None
 
     @property
     def median_ms(self) -> float:
