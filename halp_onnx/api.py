@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import onnx
 
@@ -40,11 +41,13 @@ def inspect(model: ModelSource, input_shapes: dict[str, tuple[int, ...]] | None 
 
 
 def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int = 0,
-          input_shapes: dict[str, tuple[int, ...]] | None = None, check: bool = True) -> PruneResult:
-    """Remove ``ratio`` of every prunable group's channels, rewrite, and verify (always)."""
+          input_shapes: dict[str, tuple[int, ...]] | None = None, check: bool = True,
+          on_stage: Callable[[str, float], None] | None = None) -> PruneResult:
+    """Remove ``ratio`` of every prunable group's channels, rewrite, and verify (always).
+    ``on_stage(name, seconds)`` is called as each pipeline stage ends."""
     cfg = PipelineConfig(model, mode="ratio", ratio=ratio, criterion=criterion, seed=seed, input_shapes=input_shapes,
                          check=check)
-    return prune_result(PIPELINE.run(cfg))
+    return prune_result(PIPELINE.run(cfg, on_stage=on_stage))
 
 
 def prune_result(run: PipelineRun) -> PruneResult:

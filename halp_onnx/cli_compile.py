@@ -1,27 +1,35 @@
 """``halp-onnx compile``: HALP latency-constrained pruning, end to end."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from .cli_io import check_output, write_text_atomic
 from .errors import HalpError
 
 STAGE = "cli"
+EPILOG = """examples:
+  halp-onnx compile model.onnx --target ort-cpu --latency 0.5 -o pruned.onnx --report report.json
+  halp-onnx compile model.onnx --target trt-local --latency 3.2ms -o pruned.onnx --engine pruned.plan
+  halp-onnx compile model.onnx --target trt-v100 --latency 50% --no-measure -o pruned.onnx --json --quiet
+  halp-onnx compile model.onnx --latency 0.6 --iterative --data images/ --epochs 2 -o pruned.onnx
+"""
 
 
 def add_parser(sub):
     from .cli_profile import add_model_options
 
-    p = sub.add_parser("compile", help="prune to a latency budget on a target (HALP knapsack), verify, write")
+    from argparse import RawDescriptionHelpFormatter
+
+    p = sub.add_parser("compile", help="prune to a latency budget on a target (HALP knapsack), verify, write",
+                       epilog=EPILOG, formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("model")
     add_model_options(p)
     p.add_argument("--latency", required=True,
                    help="budget: a share of the dense model's latency (0.5, 50%%) or a time (3.2ms)")
     p.add_argument("-o", "--out", required=True, help="output .onnx path")
-    p.add_argument("--report", help="write a JSON report here")
-    p.add_argument("--html", help="write an HTML report with plots here")
+    p.add_argument("--report", help="write the JSON report here ('-': stdout)")
+    p.add_argument("--json", action="store_true", help="print the report on stdout (human text on stderr)")
+    p.add_argument("--html", help="write an HTML report with plots here (needs matplotlib)")
     p.add_argument("--engine", help="also build a TensorRT engine of the result here (trt-* targets, TensorRT needed)")
     p.add_argument("--calib", help="calibration data for Taylor importance: .npz (input arrays or images[, labels]) "
                                    "or an image folder; without it, magnitude importance")
@@ -36,7 +44,7 @@ def add_parser(sub):
     p.add_argument("--prune-first", action="store_true", help="also prune the first layer's output channels")
     p.add_argument("--no-measure", action="store_true", help="do not time the models on the target")
     p.add_argument("--profile", help="profile JSON to use/extend (default: the user cache, then hw_profiles/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, stage lines or warnings")
     it = p.add_argument_group("iterative HALP (prune progressively while fine-tuning; needs the torch extra)")
     it.add_argument("--iterative", action="store_true", help="the paper's progressive pruning during fine-tuning")
     it.add_argument("--data", help="training images: folder (class subfolders = labeled) or .npz images[, labels]")
@@ -56,17 +64,29 @@ def add_parser(sub):
     return p
 
 
+def _plan(args, target):
+    from .cli_io import OutputPlan
+    from .cli_profile import plan_profile
+
+    plan = OutputPlan("compile", quiet=args.quiet,
+                      inputs=[("model", args.model), ("--calib", args.calib), ("--data", args.data),
+                              ("--eval-data", args.eval_data), ("--teacher", args.teacher)])
+    plan.add("-o", args.out, "model")
+    plan.add_report(args.report, args.json)
+    plan.add("--html", args.html, "html", stdout_ok=True)
+    plan.require("--html", args.html, "matplotlib", "pip install matplotlib")
+    plan.add("--engine", args.engine, "engine")
+    plan_profile(plan, args, target, may_measure=True)
+    return plan
+
+
 def run(args) -> int:
     from .cli_profile import input_shapes, resolve_target
     from .budget import LatencyBudget
     from .compiler import compile
     from .data import parse_floats, parse_size
-    from .passes.rewrite import save_model
     from .profiles.targets import target_status
 
-    for option, value in (("-o", args.out), ("--report", args.report), ("--html", args.html),
-                          ("--engine", args.engine)):
-        check_output(args.model, value, option, folder_must_exist=True)
     budget = LatencyBudget.parse(args.latency)
     target = resolve_target(args)
     if args.engine:
@@ -82,50 +102,82 @@ def run(args) -> int:
     size = parse_size(args.size) if args.size else None
     progress = not args.quiet and sys.stderr.isatty()
     if args.iterative:
-        return run_iterative(args, target, budget, mean, std, progress)
-    if args.data:
+        if not args.data:
+            raise HalpError("--iterative needs --data (training images)", stage=STAGE)
+        if args.calib:
+            raise HalpError("--calib is for one-shot compile; --iterative accumulates Taylor importance while "
+                            "training", stage=STAGE)
+        if args.html or args.engine:
+            raise HalpError(f"{'--html' if args.html else '--engine'}: for one-shot compile, not --iterative",
+                            stage=STAGE)
+    elif args.data:
         raise HalpError("--data is for --iterative; one-shot compile takes calibration images with --calib",
                         stage=STAGE)
-    result = compile(args.model, target, budget, calib=args.calib, mean=mean, std=std, size=size,
-                     calib_samples=args.calib_samples, solver=args.solver, min_keep=args.min_keep,
-                     allow_removal=not args.no_removal, prune_first=args.prune_first, threads=args.threads,
-                     input_shapes=input_shapes(args.model, args.input_shape, args.batch),
-                     measure_result=not args.no_measure, progress=progress, profile_path=args.profile)
-    save_model(result.model, args.out)
-    written = [args.out]
-    if args.engine:
-        from .profiles.trt import TrtBackend
+    with _plan(args, target) as plan:
+        if args.iterative:
+            return run_iterative(args, plan, target, budget, mean, std, progress)
+        result = compile(args.model, target, budget, calib=args.calib, mean=mean, std=std, size=size,
+                         calib_samples=args.calib_samples, solver=args.solver, min_keep=args.min_keep,
+                         allow_removal=not args.no_removal, prune_first=args.prune_first, threads=args.threads,
+                         input_shapes=input_shapes(args.model, args.input_shape, args.batch),
+                         measure_result=not args.no_measure, progress=progress, profile_path=args.profile,
+                         on_stage=plan.on_stage)
+        for w in result.warnings:
+            plan.warn(w)
+        if args.engine:
+            from .profiles.trt import TrtBackend
 
-        TrtBackend().build_engine(result.model, args.engine, target.precision)
-        written.append(args.engine)
-    report = result.to_dict()
-    report["output"] = args.out
-    if args.report:
-        write_text_atomic(args.report, json.dumps(report, indent=1))
-        written.append(args.report)
-    if args.html:
-        from .report_html import html_report
+            plan.stage_file("engine", lambda tmp: TrtBackend().build_engine(result.model, tmp, target.precision))
+        plan.stage_model("model", result.model)
+        if args.html:
+            from .report_html import html_report
 
-        write_text_atomic(args.html, html_report(result))
-        written.append(args.html)
-    print_summary(result)
-    print("wrote " + ", ".join(written))
+            plan.stage_text("html", html_report(result))
+        if plan.reports:
+            plan.stage_report(compile_report(result, plan, args))
+        print_summary(result, plan.say, notes=False)  # warnings: one line each, on stderr
+        written = plan.commit()
+    plan.say("wrote " + ", ".join(p for p in written.values() if p != "-"))
     return 0
 
 
-def run_iterative(args, target, budget, mean, std, progress) -> int:
-    import math
+def compile_report(r, plan, args) -> dict:
+    """The ``compile`` report (schema halp-onnx/report/v1) of a one-shot :class:`CompileResult`."""
+    from .cli_profile import plan_seconds
+    from .report_schema import report
 
+    d = r.to_dict()
+    lat = {"predicted_ms": r.predicted_ms, "measured_ms": r.measured_ms, "label": r.label,
+           "dense_predicted_ms": r.dense_predicted_ms, "dense_measured_ms": r.dense_measured_ms,
+           "min_predicted_ms": r.min_predicted_ms, "measured_speedup": r.measured_speedup,
+           "measured_over_target": d["measured_over_target"]}
+    groups = [{"group": g.group, "size": g.size, "kept": g.kept, "prunable": True, "producers": list(g.producers),
+               "step": g.step, "allowed": g.allowed, "latency_dense_ms": g.latency_dense_ms,
+               "latency_ms": g.latency_ms, "frozen": g.frozen} for g in r.groups]
+    prof = r.profile or {}
+    profile = {k: prof.get(k) for k in ("name", "target", "precision", "batch", "threads", "estimated",
+                                         "fingerprint", "overhead_ms", "block_time")}
+    profile["tables"] = len(prof.get("tables") or {})
+    return report("compile", input=args.model, outputs=plan.written(), model={"source": r.source}, target=r.target,
+                  params=r.rewrite.params, macs=r.rewrite.macs, latency=lat,
+                  budget=d["budget"] or {"request": r.latency_request, "budget_ms": r.budget_ms}, groups=groups,
+                  verification=d["verification"], seconds={**plan_seconds(plan), **r.seconds},
+                  warnings=plan.warnings,
+                  details={"mode": "one-shot", "importance": d["importance"], "solver": d["solver"],
+                           "rounds": d["rounds"], "blocks": d["blocks"], "profile": profile})
+
+
+def run_iterative(args, plan, target, budget, mean, std, progress) -> int:
+    import math
+    import time
+
+    from .api import inspect
+    from .cli_profile import plan_seconds
     from .data import load_data
-    from .passes.rewrite import save_model
     from .profiles.backends import get_backend
     from .profiles.targets import target_status
+    from .report_schema import report
 
-    if not args.data:
-        raise HalpError("--iterative needs --data (training images)", stage=STAGE)
-    if args.calib:
-        raise HalpError("--calib is for one-shot compile; --iterative accumulates Taylor importance while training",
-                        stage=STAGE)
     try:
         from .torch.finetune import FinetuneConfig
         from .torch.halp import compile_iterative
@@ -141,31 +193,50 @@ def run_iterative(args, target, budget, mean, std, progress) -> int:
                         "a smaller --interval", stage=STAGE)
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          mean=tuple(mean), std=tuple(std), holdout=holdout, device=args.device)
+    shapes = input_shapes_for(args)
+    t0 = time.perf_counter()
     res, ft = compile_iterative(args.model, data, target=target.name, latency=budget, config=cfg,
                                 steps=args.steps, interval=args.interval, schedule=args.schedule,
                                 teacher=args.teacher or "self", eval_data=args.eval_data, progress=progress,
                                 min_keep=args.min_keep, allow_removal=not args.no_removal,
                                 prune_first=args.prune_first, solver=args.solver, threads=args.threads,
-                                input_shapes=input_shapes_for(args), profile_path=args.profile)
-    save_model(res.model, args.out)
-    report = {"mode": "iterative", **res.to_dict(), "finetune": {"history": ft.history, "seconds": ft.seconds,
-                                                                 "steps": ft.steps}}
+                                input_shapes=shapes, profile_path=args.profile)
+    plan.on_stage("iterative", time.perf_counter() - t0)
     ok, _ = target_status(target)
+    dense_ms = measured_ms = None
     if ok and not args.no_measure:
         backend = get_backend(target, threads=args.threads)
-        report["dense_measured_ms"] = backend.time_model(args.model).median_ms
-        report["measured_ms"] = backend.time_model(res.model).median_ms
-    if args.report:
-        write_text_atomic(args.report, json.dumps(report, indent=1, default=float))
+        dense_ms = backend.time_model(args.model).median_ms
+        measured_ms = backend.time_model(res.model).median_ms
+    plan.stage_model("model", res.model)
+    if plan.reports:
+        loaded, analysis = inspect(args.model, shapes)
+        prunable = {g.id: g.prunable for g in analysis.groups}
+        groups = [{"group": int(g), "size": w[0], "kept": w[1], "prunable": prunable.get(int(g), False),
+                   "producers": list(analysis.groups[int(g)].producers) if int(g) < len(analysis.groups) else []}
+                  for g, w in sorted(res.widths.items())]
+        lat = {"predicted_ms": res.predicted_ms, "measured_ms": measured_ms,
+               "label": "measured" if ok else "estimated", "dense_predicted_ms": res.dense_predicted_ms,
+               "dense_measured_ms": dense_ms}
+        plan.stage_report(report(
+            "compile", input=args.model, outputs=plan.written(), model=loaded.to_dict(), target=target.name,
+            params=res.rewrite.params, macs=res.rewrite.macs, latency=lat,
+            budget={"request": budget.text, "budget_ms": res.budget_ms, "dense_ms": res.dense_predicted_ms},
+            groups=groups, verification=res.verification.to_dict() if res.verification else None,
+            seconds=plan_seconds(plan), warnings=plan.warnings,
+            details={"mode": "iterative", "history": [h.to_dict() for h in res.history],
+                     "finetune": {"history": ft.history, "seconds": ft.seconds, "steps": ft.steps}}))
+    say = plan.say
     (p0, p1), (m0, m1) = res.rewrite.params, res.rewrite.macs
-    print(f"iterative HALP: {len(res.history)} pruning steps; predicted {res.dense_predicted_ms:.4g} -> "
-          f"{res.predicted_ms:.4g} ms (budget {res.budget_ms:.4g} ms); params {p1 / p0:.3f}x, MACs {m1 / m0:.3f}x")
-    if "measured_ms" in report:
-        print(f"measured {report['dense_measured_ms']:.4g} -> {report['measured_ms']:.4g} ms")
+    say(f"iterative HALP: {len(res.history)} pruning steps; predicted {res.dense_predicted_ms:.4g} -> "
+        f"{res.predicted_ms:.4g} ms (budget {res.budget_ms:.4g} ms); params {p1 / p0:.3f}x, MACs {m1 / m0:.3f}x")
+    if measured_ms is not None and dense_ms is not None:
+        say(f"measured {dense_ms:.4g} -> {measured_ms:.4g} ms")
     if ft.eval_top1 is not None:
-        print(f"held-out top-1 after fine-tuning: {100 * ft.eval_top1:.2f}%")
-    print(f"verified: max relative error {res.verification.max_rel_error:.2e}")
-    print("wrote " + ", ".join([args.out] + ([args.report] if args.report else [])))
+        say(f"held-out top-1 after fine-tuning: {100 * ft.eval_top1:.2f}%")
+    say(f"verified: max relative error {res.verification.max_rel_error:.2e}")
+    written = plan.commit()
+    say("wrote " + ", ".join(p for p in written.values() if p != "-"))
     return 0
 
 
@@ -175,38 +246,38 @@ def input_shapes_for(args):
     return input_shapes(args.model, args.input_shape, args.batch)
 
 
-def print_summary(r) -> None:
+def print_summary(r, say=print, *, notes: bool = True) -> None:
     est = r.label != "measured"
     tag = " [ESTIMATED: analytic model, not measured]" if est else ""
-    print(f"{r.source} -> {r.target}{tag}: budget {r.latency_request}")
-    print(f"importance: {r.importance.method} ({r.importance.note})")
+    say(f"{r.source} -> {r.target}{tag}: budget {r.latency_request}")
+    say(f"importance: {r.importance.method} ({r.importance.note})")
     (p0, p1), (m0, m1) = r.rewrite.params, r.rewrite.macs
-    print(f"{'':22}{'dense':>14}{'pruned':>14}{'ratio':>8}")
-    print(f"{'params':22}{p0:>14,}{p1:>14,}{p1 / max(p0, 1):>8.3f}")
-    print(f"{'MACs':22}{m0:>14,}{m1:>14,}{m1 / max(m0, 1):>8.3f}")
+    say(f"{'':22}{'dense':>14}{'pruned':>14}{'ratio':>8}")
+    say(f"{'params':22}{p0:>14,}{p1:>14,}{p1 / max(p0, 1):>8.3f}")
+    say(f"{'MACs':22}{m0:>14,}{m1:>14,}{m1 / max(m0, 1):>8.3f}")
     word = "estimated" if est else "predicted"
-    print(f"{word + ' latency (ms)':22}{r.dense_predicted_ms:>14.4f}{r.predicted_ms:>14.4f}"
+    say(f"{word + ' latency (ms)':22}{r.dense_predicted_ms:>14.4f}{r.predicted_ms:>14.4f}"
           f"{r.predicted_ms / r.dense_predicted_ms:>8.3f}")
     if r.measured_ms is not None:
-        print(f"{'measured latency (ms)':22}{r.dense_measured_ms:>14.4f}{r.measured_ms:>14.4f}"
+        say(f"{'measured latency (ms)':22}{r.dense_measured_ms:>14.4f}{r.measured_ms:>14.4f}"
               f"{r.measured_ms / r.dense_measured_ms:>8.3f}   (speed-up {r.measured_speedup:.2f}x)")
-    print(f"{'group':>5} {'width':>13} {'step':>5} {'ms dense':>9} {'ms after':>9}  producers")
+    say(f"{'group':>5} {'width':>13} {'step':>5} {'ms dense':>9} {'ms after':>9}  producers")
     for g in r.groups:
         if g.frozen:
             continue
         names = ", ".join(g.producers[:2]) + (f" (+{len(g.producers) - 2})" if len(g.producers) > 2 else "")
-        print(f"{g.group:>5} {g.size:>6} -> {g.kept:<4} {g.step:>5} {g.latency_dense_ms:>9.4f} {g.latency_ms:>9.4f}  "
+        say(f"{g.group:>5} {g.size:>6} -> {g.kept:<4} {g.step:>5} {g.latency_dense_ms:>9.4f} {g.latency_ms:>9.4f}  "
               f"{names}")
     held = [g for g in r.groups if g.frozen]
     if held:
-        print(f"{len(held)} prunable group(s) held dense: {held[0].frozen}")
+        say(f"{len(held)} prunable group(s) held dense: {held[0].frozen}")
     s = r.solver
     if "exact_value" in s:
-        print(f"knapsack: {s['solver']}, {s['rounds']} rounds, {s['items']} groups / {s['choices']} choices; "
+        say(f"knapsack: {s['solver']}, {s['rounds']} rounds, {s['items']} groups / {s['choices']} choices; "
               f"objective exact {s['exact_value']:.4g} vs augmented {s['augmented_value']:.4g}")
     if r.verification is not None:
-        print(f"verified: max relative error {r.verification.max_rel_error:.2e} "
+        say(f"verified: max relative error {r.verification.max_rel_error:.2e} "
               f"(tolerance {r.verification.tolerance:g})")
-    print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.seconds.items()))
-    for w in r.warnings:
-        print(f"note: {w}")
+    say("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.seconds.items()))
+    for w in r.warnings if notes else ():
+        say(f"note: {w}")

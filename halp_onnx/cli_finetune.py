@@ -10,16 +10,20 @@ run is data parallel and only rank 0 writes. Registered in :mod:`halp_onnx.cli` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .cli_io import check_output, write_text_atomic
+from .cli_io import OutputPlan
 from .errors import HalpError
 
 STAGE = "cli"
 DEFAULT_MEAN = "0.485,0.456,0.406"
 DEFAULT_STD = "0.229,0.224,0.225"
+EPILOG = """examples:
+  halp-onnx finetune pruned.onnx --teacher model.onnx --data images/ --epochs 3 -o tuned.onnx
+  halp-onnx finetune pruned.onnx --data train.npz --eval-data val.npz --optimizer adamw -o tuned.onnx --report r.json
+  torchrun --nproc_per_node 4 -m halp_onnx.cli_finetune pruned.onnx --data images/ -o tuned.onnx --json
+"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,7 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "finetune", help="fine-tune a pruned model with distillation from a teacher (torch bridge)",
         description="Fine-tune a pruned ONNX model: KD from --teacher (label-free when DATA has no labels) "
-                    "plus cross-entropy when DATA has labels; writes the tuned weights into the same graph.")
+                    "plus cross-entropy when DATA has labels; writes the tuned weights into the same graph.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="the (pruned) student .onnx")
     p.add_argument("--teacher", help="teacher .onnx (e.g. the dense model); without it, labels only")
     p.add_argument("--data", required=True,
@@ -59,9 +64,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--num-workers", type=int, default=0, help="threads decoding image files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
-    p.add_argument("--report", help="also write a JSON report (history, seconds) here")
+    p.add_argument("--no-progress", "--quiet", action="store_true",
+                   help="no progress bar, per-epoch lines, stage lines or warnings")
+    p.add_argument("--report", help="also write the JSON report (history, seconds) here ('-': stdout)")
+    p.add_argument("--json", action="store_true", help="print the report on stdout (human text on stderr)")
     return p
+
+
+def _plan(args: argparse.Namespace) -> OutputPlan:
+    import os
+
+    rank0 = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun only rank 0 writes
+    plan = OutputPlan("finetune", quiet=args.no_progress, write=rank0,
+                      inputs=[("model", args.model), ("--teacher", args.teacher), ("--data", args.data),
+                              ("--eval-data", args.eval_data), ("--resume", args.resume)])
+    plan.add("-o", args.out, "model")
+    plan.add_report(args.report, args.json)
+    plan.add("--checkpoint", args.checkpoint, "checkpoint", staged=False)
+    return plan
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,11 +91,6 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("model", args.model), ("--teacher", args.teacher)):
         if path is not None and not Path(path).is_file():
             raise HalpError(f"{option} {path}: no such file", stage=STAGE)
-    check_output(args.model, args.out, "-o")
-    if args.teacher:
-        check_output(args.teacher, args.out, "-o")
-    if args.report:
-        check_output(args.model, args.report, "--report")
     mean = parse_floats(args.mean, "--mean")
     std = parse_floats(args.std, "--std")
     if any(s <= 0 for s in std):
@@ -87,56 +102,82 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # pragma: no cover - exercised only without torch
         raise HalpError(f"finetune needs PyTorch ({exc}); install it with: pip install halp-onnx[torch]",
                         stage=STAGE) from exc
+    import time
+
     import onnx
 
-    from .passes.rewrite import check_model, save_model
+    from .passes.rewrite import check_model
 
-    try:
-        student = onnx.load(args.model)
-    except Exception as exc:
-        raise HalpError(f"model {args.model}: cannot read the ONNX model ({type(exc).__name__})", stage=STAGE) from None
-    if size is None:
-        size = static_input_size(student)
-    data = load_data(args.data, size=size)
-    eval_data = load_data(args.eval_data, size=size) if args.eval_data else None
-    if args.teacher is None and not data.labeled:
-        raise HalpError(f"--data {args.data}: the images have no labels and there is no --teacher; give a teacher "
-                        "for label-free distillation or labeled data (class subfolders, or 'labels' in the .npz)",
-                        stage=STAGE)
-    for name, values in (("--mean", mean), ("--std", std)):
-        if len(values) not in (1, data.shape[2]):
-            raise HalpError(f"{name} {','.join(map(str, values))}: {len(values)} values but {args.data} has "
-                            f"{data.shape[2]} channels", stage=STAGE)
-    if args.holdout is not None and args.holdout > 0 and not data.labeled and eval_data is None:
-        raise HalpError(f"--holdout {args.holdout}: --data {args.data} has no labels to evaluate with", stage=STAGE)
+    with _plan(args) as plan:
+        t0 = time.perf_counter()
+        try:
+            student = onnx.load(args.model)
+        except Exception as exc:
+            raise HalpError(f"model {args.model}: cannot read the ONNX model ({type(exc).__name__})",
+                            stage=STAGE) from None
+        if size is None:
+            size = static_input_size(student)
+        data = load_data(args.data, size=size)
+        eval_data = load_data(args.eval_data, size=size) if args.eval_data else None
+        if args.teacher is None and not data.labeled:
+            raise HalpError(f"--data {args.data}: the images have no labels and there is no --teacher; give a "
+                            "teacher for label-free distillation or labeled data (class subfolders, or 'labels' in "
+                            "the .npz)", stage=STAGE)
+        for name, values in (("--mean", mean), ("--std", std)):
+            if len(values) not in (1, data.shape[2]):
+                raise HalpError(f"{name} {','.join(map(str, values))}: {len(values)} values but {args.data} has "
+                                f"{data.shape[2]} channels", stage=STAGE)
+        if args.holdout is not None and args.holdout > 0 and not data.labeled and eval_data is None:
+            raise HalpError(f"--holdout {args.holdout}: --data {args.data} has no labels to evaluate with",
+                            stage=STAGE)
+        plan.on_stage("load", time.perf_counter() - t0)
 
-    config = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, kd_weight=args.kd_weight,
-        ce_weight=args.ce_weight, temperature=args.temperature, augment=not args.no_augment, crop=args.crop,
-        mean=mean, std=std, amp=False if args.no_amp else None, device=args.device, seed=args.seed,
-        holdout=args.holdout, clip_grad_norm=args.clip_grad_norm, max_steps=args.max_steps,
-        checkpoint=args.checkpoint, resume=args.resume, num_workers=args.num_workers)
-    info = init_distributed(args.device)
-    result = finetune(student, onnx.load(args.teacher) if args.teacher else None, data, config,
-                      progress=not args.no_progress, eval_data=eval_data)
-    if not info.is_main:
-        return 0
-    check_model(result.model)
-    save_model(result.model, args.out)
-    if args.report:
-        report = {"model": args.model, "teacher": args.teacher, "data": args.data, "images": len(data),
-                  "labeled": data.labeled, "config": config.to_dict(), "history": result.history,
-                  "initial_eval_top1": result.initial_eval_top1, "steps": result.steps,
-                  "samples": result.samples, "seconds": round(result.seconds, 3)}
-        write_text_atomic(args.report, json.dumps(report, indent=1))
-    mode = "KD + CE" if args.teacher and data.labeled else ("label-free KD" if args.teacher else "CE")
-    print(f"fine-tuned {args.model} ({mode}): {result.steps} steps, {result.samples:,} images, "
-          f"{result.seconds:.1f}s")
-    if result.initial_eval_top1 is not None and result.eval_top1 is not None:
-        print(f"held-out top-1: {100 * result.initial_eval_top1:.2f}% -> {100 * result.eval_top1:.2f}%")
-    print(f"wrote {args.out}")
+        config = FinetuneConfig(
+            epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, kd_weight=args.kd_weight,
+            ce_weight=args.ce_weight, temperature=args.temperature, augment=not args.no_augment, crop=args.crop,
+            mean=mean, std=std, amp=False if args.no_amp else None, device=args.device, seed=args.seed,
+            holdout=args.holdout, clip_grad_norm=args.clip_grad_norm, max_steps=args.max_steps,
+            checkpoint=args.checkpoint, resume=args.resume, num_workers=args.num_workers)
+        info = init_distributed(args.device)
+        t0 = time.perf_counter()
+        result = finetune(student, onnx.load(args.teacher) if args.teacher else None, data, config,
+                          progress=not args.no_progress, eval_data=eval_data)
+        plan.on_stage("finetune", time.perf_counter() - t0)
+        if not info.is_main:
+            return 0
+        check_model(result.model)
+        plan.stage_model("model", result.model)
+        mode = "KD + CE" if args.teacher and data.labeled else ("label-free KD" if args.teacher else "CE")
+        if plan.reports:
+            plan.stage_report(finetune_report(args, plan, student, result, data, config, mode))
+        plan.say(f"fine-tuned {args.model} ({mode}): {result.steps} steps, {result.samples:,} images, "
+                 f"{result.seconds:.1f}s")
+        if result.initial_eval_top1 is not None and result.eval_top1 is not None:
+            plan.say(f"held-out top-1: {100 * result.initial_eval_top1:.2f}% -> {100 * result.eval_top1:.2f}%")
+        plan.commit()
+    plan.say(f"wrote {args.out}")
     return 0
+
+
+def finetune_report(args, plan, student, result, data, config, mode) -> dict:
+    import time
+
+    from .metrics import model_params
+    from .report_schema import report
+
+    written = plan.written()
+    if args.checkpoint:
+        written["checkpoint"] = args.checkpoint
+    opset = next((o.version for o in student.opset_import if o.domain in ("", "ai.onnx")), None)
+    return report("finetune", input=args.model, outputs=written,
+                  model={"source": args.model, "opset": opset, "input_shapes": {}},
+                  params=(model_params(student), model_params(result.model)),
+                  seconds={**plan.seconds, "total": time.perf_counter() - plan.started}, warnings=plan.warnings,
+                  details={"teacher": args.teacher, "data": args.data, "images": len(data), "labeled": data.labeled,
+                           "mode": mode, "config": config.to_dict(), "history": result.history,
+                           "initial_eval_top1": result.initial_eval_top1, "eval_top1": result.eval_top1,
+                           "steps": result.steps, "samples": result.samples})
 
 
 def main(argv: list[str] | None = None) -> int:

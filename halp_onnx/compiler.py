@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import onnx
 
@@ -96,20 +96,21 @@ def compile(model, target: str = "ort-cpu", latency: str | float | LatencyBudget
             input_shapes: dict | None = None, measure: bool | None = None, measure_result: bool = True,
             progress: bool = False, profile_path=None, device: str = "cpu",
             importance: Importance | None = None, calibrate: int = 3,
-            calibrate_tol: float = 0.03) -> CompileResult:
+            calibrate_tol: float = 0.03, on_stage: Callable[[str, float], None] | None = None) -> CompileResult:
     """HALP one-shot: keep the most important channels within a latency budget on ``target``.
 
     Returns a :class:`CompileResult` whose ``model`` is the verified pruned ONNX model. Where the target
     can be measured here, the result is timed against ``latency`` x the measured dense latency and, if it
     misses by more than ``calibrate_tol``, solved again with the knapsack budget rescaled (at most
-    ``calibrate`` times; the best result within the target is kept)."""
+    ``calibrate`` times; the best result within the target is kept). ``on_stage(name, seconds)`` is
+    called as each pipeline stage ends (the CLI's progress lines)."""
     cfg = PipelineConfig(source=model, mode="budget", input_shapes=input_shapes, target=target,
                          latency=LatencyBudget.parse(latency), threads=threads, measure=measure,
                          profile_path=profile_path, progress=progress, calib=calib, mean=mean, std=std, size=size,
                          calib_samples=calib_samples, calib_batch=calib_batch, device=device, importance=importance,
                          solver=solver, min_keep=min_keep, allow_removal=allow_removal, prune_first=prune_first,
                          measure_result=measure_result, calibrate=calibrate, calibrate_tol=calibrate_tol)
-    return compile_result(PIPELINE.run(cfg))
+    return compile_result(PIPELINE.run(cfg, on_stage=on_stage))
 
 
 def compile_result(run: PipelineRun) -> CompileResult:

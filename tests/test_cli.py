@@ -40,7 +40,7 @@ def test_example_prune_inspect_end_to_end(example, tmp_path, capsys):
     assert digest(example) == before  # the input is never modified
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     data = json.loads(report.read_text())
-    assert data["verification"]["passed"] and data["rewrite"]["params"][1] < data["rewrite"]["params"][0]
+    assert data["verification"]["passed"] and data["params"]["after"] < data["params"]["before"]
     assert main(["inspect", str(example), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert len(info["groups"]) == 5 and sum(g["prunable"] for g in info["groups"]) == 4

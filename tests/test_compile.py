@@ -99,8 +99,8 @@ def test_compile_ort_cpu_end_to_end_cli(mobilenet, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "measured latency" in text and "verified" in text and "knapsack: exact" in text
     report = json.loads(rep.read_text())
-    assert report["predicted_ms"] <= report["budget_ms"] * (1 + 1e-9)
-    assert report["measured_ms"] > 0 and report["label"] == "measured"
+    assert report["latency"]["predicted_ms"] <= report["budget"]["budget_ms"] * (1 + 1e-9)
+    assert report["latency"]["measured_ms"] > 0 and report["latency"]["label"] == "measured"
     assert report["seconds"]["select"] >= 0 and "verify" in report["seconds"]
     assert "<img src='data:image/png;base64," in page.read_text()
     assert open(mobilenet, "rb").read() == before

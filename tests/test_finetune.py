@@ -373,6 +373,7 @@ def test_cli(tmp_path, capsys):
     np.savez(tmp_path / "lab.npz", images=images, labels=labels)
     np.savez(tmp_path / "unl.npz", images=images)
     out, report = tmp_path / "o" / "tuned.onnx", tmp_path / "r.json"
+    out.parent.mkdir()  # an output's folder must exist (the CLI's output contract refuses a missing one)
     before = model.read_bytes()
     rc = cli_finetune.main(["finetune", str(model), "--data", str(tmp_path / "lab.npz"), "--epochs", "2",
                             "--batch-size", "16", "--lr", "0.05", "--device", "cpu", "--no-progress",
@@ -383,7 +384,7 @@ def test_cli(tmp_path, capsys):
     assert model.read_bytes() == before
     onnx.checker.check_model(onnx.load(out), full_check=True)
     rep = json.loads(report.read_text())
-    assert len(rep["history"]) == 2 and rep["labeled"]
+    assert len(rep["details"]["history"]) == 2 and rep["details"]["labeled"]
 
     rc = cli_finetune.main([str(model), "--teacher", str(teacher), "--data", str(tmp_path / "unl.npz"),
                             "--max-steps", "2", "--batch-size", "16", "--device", "cpu", "--no-progress",

@@ -93,8 +93,8 @@ def test_cli_compile_iterative(tmp_path, images, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(rep.read_text())
-    assert report["mode"] == "iterative" and len(report["history"]) == 3
-    assert report["predicted_ms"] <= report["budget_ms"] * 1.0001
+    assert report["details"]["mode"] == "iterative" and len(report["details"]["history"]) == 3
+    assert report["latency"]["predicted_ms"] <= report["budget"]["budget_ms"] * 1.0001
     assert out.exists() and "verified" in captured.out
 
 

@@ -235,8 +235,9 @@ def test_cli_profile_then_latency_json(model_path, capsys, profile_dir):
     assert "new measurements" in out and "step" in out
     assert main(["latency", model_path, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["label"] == "measured" and res["predicted_ms"] > 0 and res["measured_ms"] > 0
-    assert res["profile"].startswith(str(profile_dir))
+    lat = res["latency"]
+    assert lat["label"] == "measured" and lat["predicted_ms"] > 0 and lat["measured_ms"] > 0
+    assert lat["profile"].startswith(str(profile_dir))
     # warm: nothing new to measure
     assert main(["profile", model_path, "--quiet"]) == 0
     assert " 0 new measurements" in capsys.readouterr().out
@@ -245,7 +246,8 @@ def test_cli_profile_then_latency_json(model_path, capsys, profile_dir):
 def test_cli_analytic_target_is_marked_estimated(model_path, capsys):
     assert main(["latency", model_path, "--target", "trt-v100", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["label"] == "estimated" and res["measured_ms"] is None and "TensorRT" in res["measured_status"]
+    lat = res["latency"]
+    assert lat["label"] == "estimated" and lat["measured_ms"] is None and "TensorRT" in lat["measured_status"]
     assert main(["latency", model_path, "--target", "trt-v100"]) == 0
     assert "estimated" in capsys.readouterr().out
     assert main(["profile", model_path, "--target", "trt-v100"]) == 2
@@ -254,7 +256,7 @@ def test_cli_analytic_target_is_marked_estimated(model_path, capsys):
 
 def test_cli_targets_and_bad_options(model_path, capsys):
     assert main(["targets", "--json"]) == 0
-    rows = {r["target"]: r for r in json.loads(capsys.readouterr().out)["targets"]}
+    rows = {r["target"]: r for r in json.loads(capsys.readouterr().out)["details"]["targets"]}
     assert rows["ort-cpu"]["available"] and rows["trt-v100"]["latency"].startswith("estimated")
     assert main(["latency", model_path, "--target", "tpu-v9"]) == 2
     assert "unknown target" in capsys.readouterr().err

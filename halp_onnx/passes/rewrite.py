@@ -344,28 +344,44 @@ def check_model(model: onnx.ModelProto) -> None:
         onnx.checker.check_model(str(path), full_check=True)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, data_name: str | None = None,
+               data_path: str | os.PathLike | None = None, atomic: bool = True) -> Path:
+    """Write ``model`` to ``path``. Over the protobuf limit its weights go to one external-data file,
+    which the model names ``data_name`` (default ``<file name>.data``) and which is written to
+    ``data_path`` (default: ``data_name`` beside ``path``; it must be in the same folder).
+
+    ``atomic``: stage both in hidden temporary files of the same folder (``.<name>.halp-tmp-<pid>-<hex>``,
+    the pattern :mod:`halp_onnx.cli_io` cleans up after a killed run), then rename: the data file
+    first, the model last. ``atomic=False`` writes straight to ``path`` and ``data_path`` (the caller
+    staged them, e.g. :class:`halp_onnx.cli_io.OutputPlan`)."""
+    import secrets
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    data_name = data_name or f"{path.name}.data"
+    data_file = Path(data_path) if data_path is not None else path.parent / data_name
+    if not atomic:
         if weight_bytes(model) > PROTOBUF_LIMIT:
-            data_name = f"{path.name}.data"
-            save_external(model, tmp, data_name + ".tmp")
-            os.replace(path.parent / (data_name + ".tmp"), path.parent / data_name)
-            _relocate_external(tmp, data_name)
+            save_external(model, path, data_file.name)
+            if data_file.name != data_name:
+                _relocate_external(str(path), data_name)
         else:
-            onnx.save_model(model, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the permissions of a normal file
+            onnx.save_model(model, str(path))
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def temp(dest: Path) -> Path:
+        return dest.with_name(f".{dest.name}.halp-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+    tmp, data_tmp = temp(path), temp(data_file)
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the permissions of a normal file
+        save_model(model, tmp, data_name=data_name, data_path=data_tmp, atomic=False)
+        if data_tmp.exists():
+            os.replace(data_tmp, data_file)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        (path.parent / f"{path.name}.data.tmp").unlink(missing_ok=True)
-        raise
+    finally:
+        for leftover in (tmp, data_tmp):
+            leftover.unlink(missing_ok=True)
     return path
 
 

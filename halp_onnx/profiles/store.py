@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import HalpError
 from .table import LatencyTable
@@ -124,32 +124,73 @@ def read_profile(path: str | os.PathLike) -> Profile:
     return Profile.from_dict(data, str(p))
 
 
-def lock(path: Path):
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def check_folder(folder: str | os.PathLike, option: str | None = None) -> None:
+    """Refuse, before any measuring, a profile folder that cannot hold a profile: one line naming it
+    (and ``option``, e.g. ``--profile PATH``): a file in the way, not writable, or not creatable.
+    A missing folder is created when saving."""
+    folder = Path(folder)
+    where = f"{option}: " if option else ""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise HalpError(f"{where}profile folder {folder}: {probe} is a file, not a folder", stage=STAGE)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == folder else f"cannot be created ({probe} is not writable)"
+        raise HalpError(f"{where}profile folder {folder} {what}; give --profile or HALP_ONNX_PROFILE_DIR a writable "
+                        "place",
+                        stage=STAGE)
+
+
+@contextmanager
+def lock(path: Path) -> Iterator[Any]:
+    """Hold ``<path>.lock`` (creating the folder); a folder that cannot hold it is a one-line HalpError."""
     from filelock import FileLock
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path) + ".lock", timeout=600)
+    path = Path(path)
+    check_folder(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HalpError(f"profile folder {path.parent}: cannot create it ({_reason(exc)})", stage=STAGE) from None
+    held = FileLock(str(path) + ".lock", timeout=600)
+    try:
+        held.acquire()
+    except OSError as exc:  # filelock's Timeout is a TimeoutError
+        raise HalpError(f"profile folder {path.parent}: cannot lock {path.name} ({_reason(exc)})",
+                        stage=STAGE) from None
+    try:
+        yield held
+    finally:
+        held.release()
 
 
 def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
-    """Atomically write ``profile`` (call under :func:`lock` when other processes may write it)."""
+    """Atomically write ``profile`` (call under :func:`lock` when other processes may write it): a
+    hidden ``.<name>.halp-tmp-<pid>-<hex>`` in the same folder (the pattern the CLI removes after a
+    killed run), then a rename. A folder that cannot take it is a one-line HalpError naming it."""
+    import secrets
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    check_folder(p.parent)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     profile.created = profile.created or now
     profile.updated = now
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = p.with_name(f".{p.name}.halp-tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with os.fdopen(fd, "w") as fh:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), "w") as fh:
             json.dump(profile.to_dict(), fh, indent=1, sort_keys=False)
             fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise HalpError(f"profile folder {p.parent}: cannot write {p.name} ({_reason(exc)})", stage=STAGE) from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return p
 
 
