@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import onnx
 
@@ -42,11 +42,13 @@ def inspect(model: ModelSource, input_shapes: dict[str, tuple[int, ...]] | None 
 
 def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int = 0,
           input_shapes: dict[str, tuple[int, ...]] | None = None, check: bool = True,
-          on_stage: Callable[[str, float], None] | None = None) -> PruneResult:
+          on_stage: Callable[[str, float], None] | None = None, exclude: Sequence[str] = (), round_to: int = 1,
+          min_params: float = 0.25, strict: bool = False) -> PruneResult:
     """Remove ``ratio`` of every prunable group's channels, rewrite, and verify (always).
-    ``on_stage(name, seconds)`` is called as each pipeline stage ends."""
+    ``on_stage(name, seconds)`` is called as each pipeline stage ends; the guards as in ``compile``."""
     cfg = PipelineConfig(model, mode="ratio", ratio=ratio, criterion=criterion, seed=seed, input_shapes=input_shapes,
-                         check=check)
+                         check=check, exclude=tuple(exclude), round_to=round_to, min_params=min_params,
+                         strict=strict)
     return prune_result(PIPELINE.run(cfg, on_stage=on_stage))
 
 

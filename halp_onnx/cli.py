@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .cli_guards import add_guard_options, guard_kwargs
 from .cli_io import OutputPlan
 from .errors import HalpError
 from .pipeline.runner import StageFailure
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--report", help="also write the JSON report here ('-': stdout)")
     pr.add_argument("--json", action="store_true", help="print the report on stdout (human text on stderr)")
     pr.add_argument("--input-shape", action="append", metavar="NAME:SHAPE", help=shape_help)
+    add_guard_options(pr)
 
     from . import cli_compile, cli_profile
 
@@ -237,7 +239,9 @@ def _prune(args) -> int:
     plan.add_report(args.report, args.json)
     with plan:
         res = prune(args.model, args.ratio, criterion=args.criterion, seed=args.seed,
-                    input_shapes=parse_input_shapes(args.input_shape))
+                    input_shapes=parse_input_shapes(args.input_shape), **guard_kwargs(args))
+        for w in res.warnings:
+            plan.warn(w)
         loaded, analysis, result, check = res.loaded, res.analysis, res.rewrite, res.verification
         times = res.seconds or {}
         if check is not None and not check.input_sensitive:

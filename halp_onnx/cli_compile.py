@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .cli_guards import add_guard_options, guard_kwargs
 from .errors import HalpError
 
 STAGE = "cli"
@@ -42,6 +43,7 @@ def add_parser(sub):
     p.add_argument("--min-keep", type=float, default=0.1, help="smallest share of a group's channels kept (default 0.1)")
     p.add_argument("--no-removal", action="store_true", help="never prune a group to zero (no block removal)")
     p.add_argument("--prune-first", action="store_true", help="also prune the first layer's output channels")
+    add_guard_options(p)
     p.add_argument("--no-measure", action="store_true", help="do not time the models on the target")
     p.add_argument("--profile", help="profile JSON to use/extend (default: the user cache, then hw_profiles/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, stage lines or warnings")
@@ -121,7 +123,7 @@ def run(args) -> int:
                          allow_removal=not args.no_removal, prune_first=args.prune_first, threads=args.threads,
                          input_shapes=input_shapes(args.model, args.input_shape, args.batch),
                          measure_result=not args.no_measure, progress=progress, profile_path=args.profile,
-                         on_stage=plan.on_stage)
+                         on_stage=plan.on_stage, **guard_kwargs(args))
         for w in result.warnings:
             plan.warn(w)
         if args.engine:

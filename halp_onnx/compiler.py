@@ -96,20 +96,25 @@ def compile(model, target: str = "ort-cpu", latency: str | float | LatencyBudget
             input_shapes: dict | None = None, measure: bool | None = None, measure_result: bool = True,
             progress: bool = False, profile_path=None, device: str = "cpu",
             importance: Importance | None = None, calibrate: int = 3,
-            calibrate_tol: float = 0.03, on_stage: Callable[[str, float], None] | None = None) -> CompileResult:
+            calibrate_tol: float = 0.03, on_stage: Callable[[str, float], None] | None = None,
+            exclude: Sequence[str] = (), round_to: int = 1, min_params: float = 0.25,
+            strict: bool = False) -> CompileResult:
     """HALP one-shot: keep the most important channels within a latency budget on ``target``.
 
     Returns a :class:`CompileResult` whose ``model`` is the verified pruned ONNX model. Where the target
     can be measured here, the result is timed against ``latency`` x the measured dense latency and, if it
     misses by more than ``calibrate_tol``, solved again with the knapsack budget rescaled (at most
     ``calibrate`` times; the best result within the target is kept). ``on_stage(name, seconds)`` is
-    called as each pipeline stage ends (the CLI's progress lines)."""
+    called as each pipeline stage ends (the CLI's progress lines). Guards: ``exclude`` (node names or
+    globs whose groups stay dense), ``round_to`` (channel multiples), ``min_params`` (warn below this share
+    of kept parameters), ``strict`` (refuse a result a guard warns about)."""
     cfg = PipelineConfig(source=model, mode="budget", input_shapes=input_shapes, target=target,
                          latency=LatencyBudget.parse(latency), threads=threads, measure=measure,
                          profile_path=profile_path, progress=progress, calib=calib, mean=mean, std=std, size=size,
                          calib_samples=calib_samples, calib_batch=calib_batch, device=device, importance=importance,
                          solver=solver, min_keep=min_keep, allow_removal=allow_removal, prune_first=prune_first,
-                         measure_result=measure_result, calibrate=calibrate, calibrate_tol=calibrate_tol)
+                         measure_result=measure_result, calibrate=calibrate, calibrate_tol=calibrate_tol,
+                         exclude=tuple(exclude), round_to=round_to, min_params=min_params, strict=strict)
     return compile_result(PIPELINE.run(cfg, on_stage=on_stage))
 
 
