@@ -7,6 +7,8 @@ paid once per whole-model run, so a sum of block timings must not count it per b
 
 * :class:`OrtCpuBackend`: onnxruntime's CPU provider, ``threads`` intra-op threads (1 by default).
 * :class:`TensorRTBackend`: a TensorRT engine per block (needs TensorRT and a GPU; clear error otherwise).
+* :class:`TrtexecBackend`: the same through the ``trtexec`` binary (``--trtexec PATH``); per-layer
+  times mapped to ONNX nodes, engines via ``--saveEngine`` (:func:`build_engine`).
 * ``torch-cuda``: :mod:`halp_onnx.profiles.torch_cuda` (imports torch only when used).
 
 The shared timing pieces (:class:`Timing`, :func:`time_callable`, :class:`Backend`,
@@ -16,6 +18,7 @@ and are re-exported here.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,11 +27,12 @@ import onnx
 from ..errors import HalpError
 from .block_model import block_feeds, block_model
 from .signature import BlockSignature
-from .targets import Target, get_target, target_status
+from .targets import Target, TrtRuntime, get_target, target_status, trt_target_runtime
 from .timing import STAGE, Backend, Timing, _null_model, best_of_medians, block_feeds_for, time_callable, with_batch
 
 if TYPE_CHECKING:
     from .trt import Precision
+    from .trt.trtexec_driver import TrtexecProfile
 
 __all__ = [
     "REORDER_OPS",
@@ -37,6 +41,10 @@ __all__ = [
     "OrtCpuBackend",
     "TensorRTBackend",
     "Timing",
+    "TrtexecBackend",
+    "build_engine",
+    "layer_report",
+    "tensorrt_backend",
     "_null_model",
     "best_of_medians",
     "block_feeds_for",
@@ -171,7 +179,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, precision: str = "fp16", *, iters: int = 100):
+    def __init__(self, precision: str = "fp16", *, iters: int = 100, target: Target | None = None):
         from .trt import TrtBackend
 
         self.trt = TrtBackend()
@@ -180,6 +188,8 @@ class TensorRTBackend:
         ok, reason = self.trt.available()
         if not ok:
             raise HalpError(f"cannot measure on TensorRT here: {reason}", stage=STAGE)
+        if target is not None:
+            _check_runtime(target, "a measurement")
 
     def _precision(self) -> Precision:
         """``self.precision`` checked as TensorRT's (the same error ``measure_onnx`` gives)."""
@@ -202,6 +212,150 @@ class TensorRTBackend:
         return Timing(float(np.median(arr)), float(np.percentile(arr, 10)), float(np.percentile(arr, 90)), len(arr))
 
 
+def _check_runtime(target: Target, what: str) -> TrtRuntime:
+    """The TensorRT runtime here, refused (one line naming GPU and version) when it cannot serve ``target``."""
+    return trt_target_runtime(target, what)
+
+
+class TrtexecBackend:
+    """Times blocks and models with the ``trtexec`` binary (``--trtexec PATH``, else on PATH).
+
+    A block's time is the sum of its engine layers' times from ``--exportProfile`` (mapped to ONNX
+    nodes through layer names and ``--exportLayerInfo`` metadata), without the reformat layers a
+    one-block engine needs at its boundary: a kernel time, as for ort-cpu (``block_time``). The
+    per-run overhead is what a trivial model's GPU compute time adds to its layers. Every run's log
+    must report the TensorRT version and GPU the runtime was probed with.
+    """
+
+    name = "tensorrt-trtexec"
+    block_time = "kernel"
+
+    def __init__(self, target: Target, *, block_iterations: int = 50, block_duration_s: float = 1.0):
+        self.target = target
+        self.runtime = _check_runtime(target, "a measurement")
+        if self.runtime.kind != "trtexec" or not self.runtime.trtexec:
+            raise HalpError(f"--target {target.name}: no trtexec here (give --trtexec PATH)", stage=STAGE)
+        self.binary = self.runtime.trtexec
+        self.precision = target.precision
+        self.block_iterations = block_iterations
+        self.block_duration_s = block_duration_s
+        self._overhead: float | None = None
+
+    def _precision(self) -> Precision:
+        from .trt import check_precision
+
+        return check_precision(self.precision)
+
+    def _checked(self, run: TrtexecProfile) -> TrtexecProfile:
+        s = run.summary
+        rt = self.runtime
+        if (s.trt_version, s.gpu_name) != (rt.version, rt.gpu_name):
+            raise HalpError(f"trtexec {self.binary} ran TensorRT {s.trt_version} on {s.gpu_name}, but was probed as "
+                            f"TensorRT {rt.version} on {rt.gpu_name}; a profile never mixes them", stage=STAGE)
+        return run
+
+    def profile_model(self, model: onnx.ModelProto | str, *, layers: bool = True, iterations: int = 100,
+                      duration_s: float = 3.0) -> TrtexecProfile:
+        """One trtexec run of ``model``: summary, per-layer times and the ONNX node map."""
+        from .trt.trtexec_driver import profile_with_trtexec
+
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+        return self._checked(profile_with_trtexec(with_batch(proto, self.target.batch), self._precision(),
+                                                  binary=self.binary, iterations=iterations, duration_s=duration_s,
+                                                  layers=layers))
+
+    def _kernel_ms(self, model: onnx.ModelProto) -> tuple[float, TrtexecProfile]:
+        run = self.profile_model(model, iterations=self.block_iterations, duration_s=self.block_duration_s)
+        if run.layer_map is None or not run.layers:
+            raise HalpError(f"trtexec {self.binary} reported no per-layer times", stage=STAGE)
+        return run.layer_map.kernel_ms, run
+
+    def measure(self, sig: BlockSignature, c_in: int, c_out: int) -> float:
+        return self._kernel_ms(block_model(sig, c_in, c_out))[0]
+
+    def run_overhead_ms(self) -> float:
+        if self._overhead is None:
+            kernel, run = self._kernel_ms(_null_model())
+            total = run.summary.median_ms
+            self._overhead = max((total if total is not None else kernel) - kernel, 0.0)
+        return self._overhead
+
+    def node_overhead_ms(self) -> float:
+        return 0.0
+
+    def time_model(self, model, feeds=None, *, budget_s: float = 2.0) -> Timing:
+        """trtexec's GPU compute time of the whole model: median, min as p10, the 90th percentile
+        (or max) as p90, and the number of queries."""
+        if not isinstance(model, onnx.ModelProto):
+            model = onnx.load(str(model))
+        run = self.profile_model(model, layers=False, duration_s=max(budget_s, 1.0))
+        gpu = run.summary.gpu_compute or run.summary.latency
+        if gpu is None or gpu.median_ms is None:
+            raise HalpError(f"trtexec {self.binary} reported no GPU compute time", stage=STAGE)
+        p90 = gpu.percentile(90) or gpu.max_ms or gpu.median_ms
+        return Timing(gpu.median_ms, gpu.min_ms or gpu.median_ms, p90, run.summary.queries or 1)
+
+    def build_engine(self, model: onnx.ModelProto | str, out_plan: str | os.PathLike) -> Path:
+        from .trt.trtexec_driver import build_engine_with_trtexec
+
+        if isinstance(model, onnx.ModelProto):
+            model = with_batch(model, self.target.batch)
+        path, summary = build_engine_with_trtexec(model, out_plan, self._precision(), binary=self.binary)
+        if (summary.trt_version, summary.gpu_name) != (self.runtime.version, self.runtime.gpu_name):
+            Path(path).unlink(missing_ok=True)
+            raise HalpError(f"trtexec {self.binary} built with TensorRT {summary.trt_version} on {summary.gpu_name}, "
+                            f"not the probed {self.runtime.version} on {self.runtime.gpu_name}", stage=STAGE)
+        return path
+
+
+def tensorrt_backend(target: Target) -> TensorRTBackend | TrtexecBackend:
+    """The TensorRT backend of ``target``: trtexec where that is the runtime, else the Python API."""
+    rt = _check_runtime(target, "a measurement")
+    if rt.kind == "trtexec":
+        return TrtexecBackend(target)
+    return TensorRTBackend(target.precision, target=target)
+
+
+def build_engine(target: str | Target, model: onnx.ModelProto | str, out_plan: str | os.PathLike) -> Path:
+    """Write a TensorRT engine of ``model`` for ``target`` (``compile --engine``): through trtexec
+    ``--saveEngine`` or the Python API, refused for a GPU / TensorRT pair the support matrix rules out."""
+    t = get_target(target)
+    if t.backend != "tensorrt":
+        raise HalpError(f"--engine {out_plan}: only for TensorRT targets (trt-*), not {t.name}", stage=STAGE)
+    rt = _check_runtime(t, "an engine")
+    if rt.kind == "trtexec":
+        return TrtexecBackend(t).build_engine(model, out_plan)
+    from .trt import TrtBackend, check_precision
+
+    if isinstance(model, onnx.ModelProto):
+        model = with_batch(model, t.batch)
+    return TrtBackend().build_engine(model, out_plan, check_precision(t.precision))
+
+
+def layer_report(target: str | Target, model: onnx.ModelProto | str, *, top: int = 10) -> list[str]:
+    """Lines for ``profile``: the whole model once through trtexec, its per-node times (fused layers
+    summed onto their anchor node) and the reformat layers apart; ``[]`` on the Python-API runtime."""
+    t = get_target(target)
+    if t.backend != "tensorrt":
+        return []
+    backend = tensorrt_backend(t)
+    if not isinstance(backend, TrtexecBackend):
+        return []
+    run = backend.profile_model(model)
+    lm = run.layer_map
+    if lm is None:
+        return []
+    total = run.summary.median_ms
+    lines = [f"whole model on {backend.runtime.describe()}: GPU compute {total:.4f} ms" if total is not None
+             else f"whole model on {backend.runtime.describe()}",
+             f"per-node layer time {lm.kernel_ms:.4f} ms over {len(lm.node_ms)} nodes, reformats "
+             f"{lm.reformat_total_ms:.4f} ms in {len(lm.reformat_ms)} layers"]
+    for node, ms in sorted(lm.node_ms.items(), key=lambda kv: -kv[1])[:max(top, 0)]:
+        fused = [n for n in lm.fused.get(node, ()) if n != node]
+        lines.append(f"  {node[:40]:<40} {ms:9.4f} ms" + (f"  (+ {', '.join(fused)})" if fused else ""))
+    return lines
+
+
 def get_backend(target: str | Target, *, threads: int = 1) -> Backend:
     """The measuring backend of ``target`` on this machine, or a one-line error saying why not."""
     t = get_target(target)
@@ -211,7 +365,7 @@ def get_backend(target: str | Target, *, threads: int = 1) -> Backend:
     if not ok:
         raise HalpError(f"--target {t.name}: cannot measure here ({reason})", stage=STAGE)
     if t.backend == "tensorrt":
-        return TensorRTBackend(t.precision)
+        return tensorrt_backend(t)
     if t.backend == "torch-cuda":
         from .torch_cuda import TorchCudaBackend
 

@@ -8,7 +8,13 @@ Backends:
 * ``tensorrt``: a TensorRT engine on a named GPU: ``trt-v100``, ``trt-a100``, ``trt-t4``,
   ``trt-orin``, ``trt-h100`` (fp16 by default; ``-fp32`` and ``-int8`` variants).  Where
   that GPU is not here its latencies come from the analytic model
-  (:mod:`halp_onnx.profiles.analytic`) and are labelled *estimated*.
+  (:mod:`halp_onnx.profiles.analytic`) and are labelled *estimated*.  ``trt-local`` is the
+  GPU present (found with ``nvidia-smi``, else ``torch.cuda``), with no analytic fallback.
+
+A TensorRT target runs through the Python API or, with ``--trtexec PATH`` (or no Python API but
+a ``trtexec`` on ``$TRTEXEC`` / ``PATH``), the ``trtexec`` binary (:func:`trt_runtime`); the
+GPU and TensorRT version must be a pair NVIDIA's support matrix allows
+(:mod:`halp_onnx.profiles.trt.policy`).
 
 :func:`target_status` says whether a target can be measured on this machine (never
 raises), :func:`device_fingerprint` describes the machine a profile was taken on.
@@ -33,10 +39,14 @@ __all__ = [
     "BACKENDS",
     "TARGETS",
     "Target",
+    "TrtRuntime",
     "device_fingerprint",
     "get_target",
     "known_targets",
+    "local_gpu",
     "target_status",
+    "trt_runtime",
+    "trt_target_runtime",
 ]
 
 STAGE = "targets"
@@ -102,6 +112,9 @@ def _build_registry() -> tuple[dict[str, Target], dict[str, str]]:
         add(Target(f"trt-{gpu}", "tensorrt", "fp16", gpu=gpu), f"trt-{gpu}-fp16")
         add(Target(f"trt-{gpu}-fp32", "tensorrt", "fp32", gpu=gpu))
         add(Target(f"trt-{gpu}-int8", "tensorrt", "int8", gpu=gpu))
+    add(Target("trt-local", "tensorrt", "fp16"), "trt-local-fp16")  # the GPU present, whichever it is
+    add(Target("trt-local-fp32", "tensorrt", "fp32"))
+    add(Target("trt-local-int8", "tensorrt", "int8"))
     return targets, aliases
 
 
@@ -175,52 +188,152 @@ def _torch_status() -> tuple[bool, str]:
     return False, f"torch {version} sees no CUDA device"
 
 
-def _gpu_names() -> list[str]:
-    """Names of visible NVIDIA GPUs from nvidia-smi (no heavy imports), else []."""
-    info = _nvidia_smi()
-    return [g["name"] for g in info] if info else []
-
-
-def _nvidia_smi() -> list[dict[str, str]] | None:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
+def _smi_query(exe: str, fields: str) -> list[list[str]] | None:
     try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )
+        out = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
         return None
+    return [[p.strip() for p in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
+
+
+def _nvidia_smi() -> list[dict[str, str]] | None:
+    """Visible GPUs: name, driver, memory and (drivers that know the field) compute capability."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    rows = _smi_query(exe, "name,driver_version,memory.total,compute_cap")
+    with_cc = rows is not None
+    rows = rows if rows is not None else _smi_query(exe, "name,driver_version,memory.total")
     gpus = []
-    for line in out.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
+    for parts in rows or []:
         if len(parts) >= 2 and parts[0]:
-            gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2] if len(parts) > 2 else ""})
+            gpu = {"name": parts[0], "driver": parts[1], "memory": parts[2] if len(parts) > 2 else ""}
+            if with_cc and len(parts) > 3 and parts[3] and parts[3] != "[N/A]":
+                gpu["compute_capability"] = parts[3]
+            gpus.append(gpu)
     return gpus or None
 
 
-def _trt_status(target: Target) -> tuple[bool, str]:
-    from halp_onnx.profiles.trt import TrtBackend
+def local_gpu() -> tuple[dict[str, str] | None, str]:
+    """The GPU here (device 0): from nvidia-smi, else torch.cuda where torch is installed;
+    ``(None, why not)`` when there is none."""
+    gpus = _nvidia_smi()
+    if gpus:
+        return dict(gpus[0]), "nvidia-smi"
+    why = "nvidia-smi is not on PATH or sees no GPU"
+    import importlib.util
 
+    if importlib.util.find_spec("torch") is None:
+        return None, f"{why}, and torch is not installed"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"name": str(torch.cuda.get_device_name(0)), "compute_capability": f"{major}.{minor}"}, "torch"
+    except Exception as exc:  # a broken CUDA install
+        return None, f"{why}, and torch's CUDA check failed ({type(exc).__name__}: {exc})"
+    return None, f"{why}, and torch sees no CUDA device"
+
+
+@dataclass(frozen=True)
+class TrtRuntime:
+    """How TensorRT runs here: the Python API or a ``trtexec`` binary, its version and its GPU."""
+
+    kind: str  # "python" | "trtexec"
+    version: str | None
+    gpu_name: str | None
+    compute_capability: str | None
+    trtexec: str | None = None
+    driver: str | None = None
+
+    def describe(self) -> str:
+        how = f"trtexec {self.trtexec}" if self.kind == "trtexec" else "the Python API"
+        cc = f", compute capability {self.compute_capability}" if self.compute_capability else ""
+        return f"TensorRT {self.version or '(version unknown)'} through {how} on {self.gpu_name or 'a GPU'}{cc}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def trt_runtime() -> tuple[TrtRuntime | None, str]:
+    """The TensorRT runtime of this machine, or ``(None, why not)``; never raises.
+
+    ``--trtexec PATH`` (:mod:`halp_onnx.profiles.trt.options`) picks that binary; otherwise the
+    Python API when it works, else a ``trtexec`` on ``$TRTEXEC`` / ``PATH``. A binary is asked
+    once (a one-node model) which TensorRT it is and which GPU it runs on.
+    """
+    from halp_onnx.profiles.trt.options import active_settings, find_trtexec
+
+    settings = active_settings()
+    api_reason = ""
+    if settings.trtexec is None:
+        from halp_onnx.profiles.trt import TrtBackend
+
+        try:
+            ok, api_reason = TrtBackend().available()
+        except Exception as exc:  # available() should not raise; be safe anyway
+            ok, api_reason = False, f"TensorRT check failed ({type(exc).__name__}: {exc})"
+        if ok:
+            trt = sys.modules.get("tensorrt")
+            version = str(getattr(trt, "__version__", "")) or None
+            device = api_reason.split(" on ", 1)[1] if " on " in api_reason else None
+            gpu, _ = local_gpu()
+            if device is None or re.fullmatch(r"CUDA device \d+", device):
+                device = gpu["name"] if gpu else device
+            cc = gpu.get("compute_capability") if gpu else None
+            return TrtRuntime("python", version, device, cc, None, gpu.get("driver") if gpu else None), api_reason
+    binary = find_trtexec()
+    if binary is None:
+        return None, f"{api_reason}; no trtexec either (give --trtexec PATH)" if api_reason else "no trtexec found"
+    from halp_onnx.profiles.trt.trtexec_driver import probe_trtexec
+
+    try:
+        probe = probe_trtexec(binary, timeout_s=settings.timeout_s)
+    except HalpError as exc:
+        return None, f"trtexec {binary} failed a one-node run: {exc.message}"
+    except OSError as exc:
+        return None, f"cannot run trtexec {binary}: {exc.strerror or exc}"
+    gpus = _nvidia_smi() or []
+    driver = next((g["driver"] for g in gpus if probe.gpu_name and g["name"] == probe.gpu_name), None)
+    rt = TrtRuntime("trtexec", probe.trt_version, probe.gpu_name, probe.compute_capability, binary, driver)
+    return rt, rt.describe()
+
+
+def trt_target_runtime(target: Target, what: str = "a measurement") -> TrtRuntime:
+    """The TensorRT runtime that serves ``target`` here; a one-line :class:`HalpError` saying why
+    not (no runtime, no GPU for ``trt-local``, another GPU, a release that does not support it)."""
+    from halp_onnx.profiles.trt.policy import check_target_device
+
+    rt, reason = trt_runtime()
+    if rt is None:
+        raise HalpError(f"--target {target.name}: cannot make {what} here: {reason}", stage="tensorrt")
+    device, cc = rt.gpu_name, rt.compute_capability
+    if target.gpu is None:  # trt-local: the GPU present, seen by nvidia-smi or torch
+        gpu, why = local_gpu()
+        if gpu is None:
+            raise HalpError(f"{target.name}: no NVIDIA GPU found here ({why}); name the GPU with a target such as "
+                            "trt-h100 to get analytic estimates", stage="tensorrt")
+        device = device or gpu["name"]
+        cc = cc or gpu.get("compute_capability")
+    check_target_device(target.name, target.gpu, device, cc, rt.version, what=what)
+    return rt
+
+
+def _trt_status(target: Target) -> tuple[bool, str]:
     spec = target.gpu_spec
     fallback = f"{target.name} latencies are {LABEL} with the analytic {spec.name} model" if spec else ""
-    try:
-        ok, reason = TrtBackend().available()
-    except Exception as exc:  # available() should not raise; be safe anyway
-        ok, reason = False, f"TensorRT check failed ({type(exc).__name__}: {exc})"
-    if not ok:
+    rt, reason = trt_runtime()
+    if rt is None:
         return False, f"{reason}; {fallback}" if fallback else reason
-    if spec is None:
-        return True, reason
-    device = reason.split(" on ", 1)[1] if " on " in reason else ""
-    names = [device] if device and not re.fullmatch(r"CUDA device \d+", device) else _gpu_names()
-    if any(spec.matches(n) for n in names):
-        return True, reason
-    seen = ", ".join(names) if names else "an unidentified GPU"
-    return False, f"{reason}, but this machine has {seen}, not an {spec.name}; {fallback}"
+    try:
+        trt_target_runtime(target)
+    except HalpError as exc:
+        return False, f"{exc.message}; {fallback}" if fallback else exc.message
+    return True, rt.describe()
 
 
 def target_status(target: str | Target) -> tuple[bool, str]:
@@ -298,6 +411,11 @@ def device_fingerprint(target: str | Target) -> dict[str, Any]:
         },
         "gpu": None,
     }
+    if t.backend == "tensorrt" and available:
+        rt, _ = trt_runtime()
+        if rt is not None:  # what measures: its TensorRT version and GPU, not only the Python package's
+            fp["trt"] = rt.to_dict()
+            fp["versions"]["tensorrt"] = rt.version
     if t.backend != "ort-cpu":
         gpus = _nvidia_smi()
         tg = _torch_gpu()
@@ -308,6 +426,13 @@ def device_fingerprint(target: str | Target) -> dict[str, Any]:
                 gpu["cuda"] = tg["cuda"]
             if gpus and len(gpus) > 1:
                 gpu["count"] = len(gpus)
+            fp["gpu"] = gpu
+        trt_info = fp.get("trt")
+        if trt_info and trt_info.get("gpu_name"):  # the device the TensorRT runtime reports
+            gpu = dict(fp["gpu"] or {})
+            if gpu.get("name") != trt_info["gpu_name"]:
+                gpu = {"name": trt_info["gpu_name"], "driver": trt_info.get("driver")}
+            gpu["compute_capability"] = trt_info.get("compute_capability") or gpu.get("compute_capability")
             fp["gpu"] = gpu
     if t.gpu_spec is not None:
         fp["gpu_spec"] = t.gpu_spec.to_dict()
