@@ -105,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(EXIT_USAGE) from None
             sys.stderr.write(captured.getvalue())
             raise
-        builtin = {"example": _example, "inspect": _inspect, "prune": _prune}
-        if args.command in builtin:
-            return builtin[args.command](args)
-        return args.run(args)
+        from .profiles.trt.options import trt_settings
+
+        with trt_settings(args):  # --trtexec PATH for trt-* targets, checked before any work
+            builtin = {"example": _example, "inspect": _inspect, "prune": _prune}
+            if args.command in builtin:
+                return builtin[args.command](args)
+            return args.run(args)
     except HalpError as err:
         print(f"halp-onnx: error: {sanitize(err, MAX_MESSAGE)}", file=sys.stderr)
         return EXIT_USAGE

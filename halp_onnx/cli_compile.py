@@ -78,6 +78,8 @@ def _plan(args, target):
     plan.add("--html", args.html, "html", stdout_ok=True)
     plan.require("--html", args.html, "matplotlib", "pip install matplotlib")
     plan.add("--engine", args.engine, "engine")
+    if args.engine and target.precision == "int8" and args.calib:
+        plan.add("--engine", args.engine + ".calib", "engine-calib")  # the calibration cache beside the engine
     plan_profile(plan, args, target, may_measure=True)
     return plan
 
@@ -97,6 +99,9 @@ def run(args) -> int:
         ok, reason = target_status(target)
         if not ok:
             raise HalpError(f"--engine {args.engine}: cannot build a TensorRT engine here ({reason})", stage=STAGE)
+        from .profiles.backends import check_int8_engine
+
+        check_int8_engine(target, args.model, args.calib is not None)
     if args.calib is not None and not Path(args.calib).exists():
         raise HalpError(f"--calib {args.calib}: no such file or folder", stage=STAGE)
     mean = parse_floats(args.mean, "--mean", 3)
@@ -127,9 +132,7 @@ def run(args) -> int:
         for w in result.warnings:
             plan.warn(w)
         if args.engine:
-            from .profiles.trt import TrtBackend
-
-            plan.stage_file("engine", lambda tmp: TrtBackend().build_engine(result.model, tmp, target.precision))
+            _stage_engine(plan, args, target, result.model, mean, std, size)
         plan.stage_model("model", result.model)
         if args.html:
             from .report_html import html_report
@@ -283,3 +286,28 @@ def print_summary(r, say=print, *, notes: bool = True) -> None:
     say("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in r.seconds.items()))
     for w in r.warnings if notes else ():
         say(f"note: {w}")
+
+
+def _stage_engine(plan, args, target, model, mean, std, size) -> None:
+    """Build the TensorRT engine into the plan (int8: calibrated from --calib, cache beside the engine)."""
+    import os
+
+    from .passes.calibration import calibration_batches
+    from .passes.load import load
+    from .profiles.backends import build_engine, has_qdq
+
+    calib = None
+    if target.precision == "int8" and args.calib and not has_qdq(model):
+        loaded = load(model)
+        batch = next(iter(loaded.input_shapes.values()))[0] if loaded.input_shapes else 1
+        calib = [x for x, _ in calibration_batches(loaded, args.calib, mean=mean, std=std, size=size,
+                                                   samples=args.calib_samples, batch_size=max(int(batch), 1))]
+    built: list[str] = []
+
+    def write(tmp) -> None:
+        built.append(str(tmp))
+        build_engine(target, model, tmp, calib_batches=calib)
+
+    plan.stage_file("engine", write)
+    if calib is not None and plan.planned("engine-calib"):
+        plan.stage_file("engine-calib", lambda tmp: os.replace(built[0] + ".calib", tmp))

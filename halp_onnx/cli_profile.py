@@ -17,6 +17,9 @@ def add_model_options(p, *, measure_flag: bool = True) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="precision variant of the target")
     p.add_argument("--threads", type=int, default=1, help="ort-cpu intra-op threads (a distinct profile)")
     p.add_argument("--input-shape", action="append", metavar="NAME:SHAPE", help=SHAPE_HELP)
+    from .profiles.trt.options import add_trt_options
+
+    add_trt_options(p)
 
 
 EPILOG_TARGETS = """examples:

@@ -233,3 +233,23 @@ def test_a_profile_from_another_trtexec_is_remeasured(fake: str, monkeypatch: py
         assert other.model.profile.fingerprint["tensorrt"] == "10.14.1"
         text = " ".join(str(w.message) for w in caught)
         assert "'10.16.1' there, '10.14.1' here" in text and "NVIDIA RTX 6000 Ada Generation" in text
+
+
+def test_int8_engine_needs_calibration_or_qdq(tmp_path):
+    """An int8 engine handed to the user is calibrated or comes from Q/DQ; never placeholder ranges."""
+    import onnx
+
+    from halp_onnx.errors import HalpError as _HalpError
+    from halp_onnx.examples import example
+    from halp_onnx.profiles.backends import check_int8_engine, has_qdq
+
+    model = example("resnet")
+    assert not has_qdq(model)
+    with pytest.raises(_HalpError, match="int8 engine needs calibration data"):
+        check_int8_engine("trt-h100-int8", model, has_calib=False)
+    check_int8_engine("trt-h100-int8", model, has_calib=True)  # calibrated: accepted
+    check_int8_engine("trt-h100", model, has_calib=False)  # fp16: no rule
+    q = onnx.helper.make_node("QuantizeLinear", ["x", "s"], ["q"], name="q")
+    model.graph.node.insert(0, q)
+    assert has_qdq(model)
+    check_int8_engine("trt-h100-int8", model, has_calib=False)  # carries its own scales

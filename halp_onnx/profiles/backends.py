@@ -316,20 +316,45 @@ def tensorrt_backend(target: Target) -> TensorRTBackend | TrtexecBackend:
     return TensorRTBackend(target.precision, target=target)
 
 
-def build_engine(target: str | Target, model: onnx.ModelProto | str, out_plan: str | os.PathLike) -> Path:
+def has_qdq(model: onnx.ModelProto | str) -> bool:
+    """Whether the model carries its own int8 scales (QuantizeLinear / DequantizeLinear nodes)."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+
+
+def check_int8_engine(target: str | Target, model: onnx.ModelProto | str | None, has_calib: bool,
+                      option: str = "--engine") -> None:
+    """An int8 engine handed to the user is calibrated (``--calib``) or comes from a Q/DQ model;
+    placeholder ranges are for timing only. Refused up front otherwise, with what to do."""
+    t = get_target(target)
+    if t.precision != "int8" or has_calib or (model is not None and has_qdq(model)):
+        return
+    raise HalpError(f"{option}: an int8 engine needs calibration data (--calib images or .npz) or a model with "
+                    "QuantizeLinear/DequantizeLinear nodes; uncalibrated int8 ranges are used for timing only",
+                    stage=STAGE)
+
+
+def build_engine(target: str | Target, model: onnx.ModelProto | str, out_plan: str | os.PathLike, *,
+                 calib_batches=None) -> Path:
     """Write a TensorRT engine of ``model`` for ``target`` (``compile --engine``): through trtexec
-    ``--saveEngine`` or the Python API, refused for a GPU / TensorRT pair the support matrix rules out."""
+    ``--saveEngine`` or the Python API, refused for a GPU / TensorRT pair the support matrix rules out.
+    An int8 engine is calibrated from ``calib_batches`` (Python API; the cache lands beside the engine as
+    ``<engine>.calib``) or needs a Q/DQ model."""
     t = get_target(target)
     if t.backend != "tensorrt":
         raise HalpError(f"--engine {out_plan}: only for TensorRT targets (trt-*), not {t.name}", stage=STAGE)
+    check_int8_engine(t, model, calib_batches is not None)
     rt = _check_runtime(t, "an engine")
     if rt.kind == "trtexec":
+        if t.precision == "int8" and not has_qdq(model):
+            raise HalpError("--engine: trtexec cannot calibrate from --calib data; give a Q/DQ model or use the "
+                            "TensorRT Python API (pip install 'halp-onnx[trt]')", stage=STAGE)
         return TrtexecBackend(t).build_engine(model, out_plan)
     from .trt import TrtBackend, check_precision
 
     if isinstance(model, onnx.ModelProto):
         model = with_batch(model, t.batch)
-    return TrtBackend().build_engine(model, out_plan, check_precision(t.precision))
+    return TrtBackend().build_engine(model, out_plan, check_precision(t.precision), calib_batches=calib_batches)
 
 
 def layer_report(target: str | Target, model: onnx.ModelProto | str, *, top: int = 10) -> list[str]:

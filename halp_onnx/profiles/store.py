@@ -43,7 +43,8 @@ def _shipped_dir() -> Path:
 
 SHIPPED_DIR = _shipped_dir()
 # fingerprint fields that must match for a profile to be used without re-measuring
-MATCH_KEYS = ("cpu", "machine", "gpu_name", "onnxruntime", "tensorrt", "torch", "threads", "precision", "batch")
+MATCH_KEYS = ("cpu", "machine", "gpu_name", "driver", "onnxruntime", "tensorrt", "torch", "threads", "precision",
+              "batch")
 
 
 def user_dir() -> Path:
