@@ -153,7 +153,28 @@ def _dist_version(*names: str) -> str | None:
     return None
 
 
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
+
+
+def ort_distributions() -> list[str]:
+    """The onnxruntime distributions installed (two of them overwrite each other's ``onnxruntime`` module)."""
+    from importlib import metadata
+
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def _ort_status(need_cuda: bool) -> tuple[bool, str]:
+    dists = ort_distributions()
+    if len(dists) > 1:
+        return False, (f"{' and '.join(dists)} are both installed and share one module; keep one: "
+                       "pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+                       f"{'onnxruntime-gpu' if need_cuda else 'onnxruntime'}")
     try:
         import onnxruntime as ort
     except ImportError:
