@@ -113,22 +113,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def model_data_files(model: str | os.PathLike) -> list[Path]:
-    """The external-data files an ONNX model on disk reads (empty when it has none or cannot be read)."""
-    p = Path(model)
-    try:
-        if not p.is_file() or p.stat().st_size >= 2 ** 31:
-            return []
-        import onnx
+    """The external-data files an ONNX model on disk reads (empty when it has none or cannot be read);
+    resolved by the load pass's own confined resolver, never raising."""
+    from .passes.external_data import external_data_files
 
-        proto = onnx.load(str(p), load_external_data=False)
-    except Exception:  # unreadable: the load pass reports it, with its reason
-        return []
-    found: list[Path] = []
-    for init in proto.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location" and (p.parent / entry.value) not in found:
-                found.append(p.parent / entry.value)
-    return found
+    return external_data_files(model)
 
 
 @dataclass
@@ -210,7 +199,12 @@ class OutputPlan:
         return sys.stderr if any(o.stdout for o in self.outputs) else sys.stdout
 
     def say(self, *parts: Any) -> None:
-        print(*parts, file=self.human)
+        """Human text, each line printable: names from the model (node, tensor, file) may hold control
+        or bidi characters, escaped here as everywhere else."""
+        from .errors import sanitize
+
+        text = " ".join(str(p) for p in parts)
+        print("\n".join(sanitize(line) for line in text.split("\n")), file=self.human)
 
     @property
     def progress_lines(self) -> bool:

@@ -15,7 +15,7 @@ import onnx
 
 from ..errors import HalpError
 from ..labels import Labels, UnionFind
-from ..metrics import node_macs
+from ..metrics import node_macs, param_count
 from ..ops.table import ANCHOR_OPS
 from .load import LoadedModel
 
@@ -144,9 +144,29 @@ class AnalysisContext:
         shape = self.shapes.get(name)
         if shape is None:
             node = self.producer_of.get(name, "?")
-            raise HalpError(f"the shape of tensor '{name}' (output of node '{node}') is unknown; "
-                            "give static input shapes with --input-shape", stage=STAGE)
+            origin = self._unknown_origin(name)
+            why = (f"shape inference stops at node '{origin.name}' ({origin.domain + '::' if origin.domain else ''}"
+                   f"{origin.op_type}), whose output shape onnx cannot infer"
+                   if origin is not None and origin.name != node else "give static input shapes with --input-shape")
+            raise HalpError(f"the shape of tensor '{name}' (output of node '{node}') is unknown; {why}", stage=STAGE)
         return shape
+
+    def _unknown_origin(self, name: str) -> onnx.NodeProto | None:
+        """The first node (walking back from ``name``) whose output shape is unknown although its inputs'
+        shapes are known: where shape inference stopped (a custom op, a data-dependent shape)."""
+        by_name = {n.name: n for n in self.model.graph.node}
+        seen: set[str] = set()
+        origin = None
+        while name in self.producer_of and name not in seen:
+            seen.add(name)
+            origin = by_name.get(self.producer_of[name])
+            if origin is None:
+                return None
+            unknown = [i for i in origin.input if i and self.shapes.get(i) is None and i in self.producer_of]
+            if not unknown:
+                return origin
+            name = unknown[0]
+        return origin
 
     # -- atoms ---------------------------------------------------------------------------------
     def new_source(self, node: onnx.NodeProto, tensor: str, shape: tuple[int, ...], *, constant: bool = False) -> np.ndarray:
@@ -307,13 +327,14 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
         for g in _groups_in(labels.get(tensor), channel_group):
             if node_name not in consumers[g]:
                 consumers[g].append(node_name)
+    # parameters: elements of float constants of any width (bf16, fp16, fp32, fp64), one rule for the
+    # groups, the prunable share and the total, so a share can never exceed 100%
     params = np.zeros(len(root_sources), dtype=np.int64)
     for name, slices in init_slices.items():
-        size = int(np.prod(ctx.consts[name].shape)) if name in ctx.consts else 0
+        size = param_count(ctx.consts[name]) if name in ctx.consts else 0
         for g in {g for lab in slices for g in _groups_in(lab, channel_group)}:
             params[g] += size
-    total_params = int(sum(int(np.prod(v.shape)) for k, v in ctx.consts.items()
-                           if v.dtype.kind == "f"))
+    total_params = int(sum(param_count(v) for v in ctx.consts.values()))
     group_macs = np.zeros(len(root_sources), dtype=np.int64)
     for node_name, gs_ in groups_of_node.items():
         for g in gs_:
@@ -335,7 +356,7 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
         groups[g] = replace(group, removable=not reason, remove_reason=reason)
     consumers_out = tuple(Consumer(n, i, t) for n, i, t in ctx.consumer_specs)
     prunable_inits = {name for g in groups if g.prunable for name in g.initializers}
-    prunable_params = int(sum(int(np.prod(ctx.consts[n].shape)) for n in prunable_inits if n in ctx.consts))
+    prunable_params = int(sum(param_count(ctx.consts[n]) for n in prunable_inits if n in ctx.consts))
     return ChannelAnalysis(groups=tuple(groups), labels=labels, init_slices=init_slices,
                            consumers=consumers_out, channel_group=channel_group, channel_index=channel_index,
                            total_params=total_params, total_macs=int(sum(macs.values())),

@@ -1,7 +1,10 @@
 """Pass ``load``: read an ONNX file, check it, make its shapes static and fold constants.
 
 The result is a :class:`LoadedModel` holding a normalised copy; the user's file and object are
-never modified.
+never modified. The file and its external data are read by :mod:`.external_data` (regular files,
+bounded reads, external locations inside the model's folder); :mod:`.validate` refuses malformed
+tensors, names, nodes and attributes, and shapes over the memory budget, before inference or folding
+allocates anything. Every refusal is one :class:`~halp_onnx.errors.HalpError` line.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
 
 from ..errors import HalpError
+from . import validate
+from .external_data import read_model_file, resolve_external_data
 
 STAGE = "load"
 MIN_OPSET, MAX_OPSET = 9, 21
@@ -65,45 +69,81 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+def read_model(path: str | os.PathLike, *, memory_budget: int | None = None) -> onnx.ModelProto:
+    """Read a model file and its external data, checked (:mod:`.external_data`): a regular file, bounded
+    reads, every external location inside the model's folder, every tensor's data of the right size."""
     path = Path(path)
-    if not path.exists():
-        raise HalpError(f"{path}: no such file", stage=STAGE)
-    if path.is_dir():
-        raise HalpError(f"{path}: is a directory, expected an .onnx file", stage=STAGE)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as err:
-        raise HalpError(f"{path}: not a readable ONNX model ({_first_line(err) or 'protobuf decode failed'})",
-                        stage=STAGE) from None
+    budget = validate.memory_budget() if memory_budget is None else memory_budget
+    model = read_model_file(path)
     if not model.graph.node and not model.graph.output:
         raise HalpError(f"{path}: not an ONNX model (no graph; truncated or another file type?)", stage=STAGE)
-    try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except (OSError, FileNotFoundError) as err:
-        raise HalpError(f"{path}: external data could not be read ({_first_line(err)})", stage=STAGE) from None
+    resolve_external_data(model, path.parent, str(path), budget)
     return model
 
 
 def load(source: str | os.PathLike | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
-         *, fold: bool = True) -> LoadedModel:
-    """Load and normalise a model: check, static shapes, shape inference, constant folding."""
+         *, fold: bool = True, memory_budget: int | None = None) -> LoadedModel:
+    """Load and normalise a model: check, static shapes, shape inference, constant folding.
+
+    Every check that can refuse the model runs before anything is allocated for its shapes: file and
+    external data, tensors, names, nodes and attributes, structure, the memory the shapes need
+    (``memory_budget`` bytes, default :func:`.validate.memory_budget`)."""
+    budget = validate.memory_budget() if memory_budget is None else memory_budget
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
         name = model.graph.name or "<model>"
+        if not model.graph.node and not model.graph.output:
+            raise HalpError(f"{name}: the model has no graph", stage=STAGE)
+        resolve_external_data(model, None, name, budget)
     else:
         name = str(source)
-        model = read_model(source)
+        model = read_model(source, memory_budget=budget)
+    _check_ir_version(model, name)
     opset = _default_opset(model, name)
+    validate.check_tensors(model, name, budget)
+    validate.densify_sparse(model, name, budget)
+    _densify_sparse_constants(model, name, budget)
     _name_nodes(model)
+    validate.check_names(model, name)
+    validate.check_nodes(model, name)
     _check_structure(model, name)
     original_inputs = {i.name: _dims(i) for i in _real_inputs(model)}
+    real_inputs = set(original_inputs)
+    validate.check_memory(model, name, budget, inputs=real_inputs)  # what the model declares
     shapes = _make_static(model, name, input_shapes or {})
-    model = _infer(model, name)
+    validate.check_memory(model, name, budget, inputs=real_inputs)  # with --input-shape applied
+    model = _infer(model, name, check_type=True)
+    validate.check_memory(model, name, budget, inputs=real_inputs)  # every inferred value, before folding
+    validate.check_node_shapes(model, tensor_shapes(model), name)
     if fold:
         model = _fold_constants(model, name)
     return LoadedModel(model=model, source=name, opset=opset, input_shapes=shapes, original_inputs=original_inputs)
+
+
+def _check_ir_version(model: onnx.ModelProto, name: str) -> None:
+    if model.ir_version < 3:
+        raise HalpError(f"{name}: the model declares IR version {model.ir_version}; ONNX files have 3 or newer "
+                        "(a truncated or hand-made file?)", stage=STAGE)
+    if model.ir_version > onnx.IR_VERSION:
+        raise HalpError(f"{name}: IR version {model.ir_version} is newer than this onnx reads ({onnx.IR_VERSION}); "
+                        "upgrade onnx or export with an older IR version", stage=STAGE)
+
+
+def _densify_sparse_constants(model: onnx.ModelProto, name: str, budget: int) -> None:
+    """Constant nodes holding a sparse tensor hold it dense (one representation of constants)."""
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in node.attribute:
+            if attr.name == "sparse_value" and attr.HasField("sparse_tensor"):
+                holder = onnx.ModelProto()
+                holder.graph.sparse_initializer.add().CopyFrom(attr.sparse_tensor)
+                validate.densify_sparse(holder, f"{name}: node '{node.name}'", budget)
+                dense = holder.graph.initializer[0]
+                dense.name = ""
+                replacement = onnx.helper.make_attribute("value", dense)
+                attr.CopyFrom(replacement)
 
 
 def _first_line(err: BaseException) -> str:
@@ -137,7 +177,7 @@ def _check_structure(model: onnx.ModelProto, name: str) -> None:
     """Every input defined, outputs produced, no cycle; nodes put in topological order."""
     graph = model.graph
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-    available |= {i.name for i in graph.sparse_initializer}
+    available |= {i.values.name for i in graph.sparse_initializer}
     producer = {out: node.name for node in graph.node for out in node.output if out}
     dag = nx.DiGraph()
     position = {node.name: idx for idx, node in enumerate(graph.node)}
@@ -275,9 +315,9 @@ def infer_shapes(model: onnx.ModelProto, *, check_type: bool = False) -> onnx.Mo
     return inferred
 
 
-def _infer(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+def _infer(model: onnx.ModelProto, name: str, *, check_type: bool = False) -> onnx.ModelProto:
     try:
-        return infer_shapes(model)
+        return infer_shapes(model, check_type=check_type)
     except Exception as err:  # onnx raises InferenceError / ValidationError subclasses
         raise HalpError(f"{name}: shape inference failed: {_first_line(err)}", stage=STAGE) from None
 

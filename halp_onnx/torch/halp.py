@@ -237,8 +237,7 @@ def _raw_proto(model: Any) -> onnx.ModelProto:
 
     if isinstance(model, onnx.ModelProto):
         return model
-    read_model(model)  # readable errors for a missing / truncated / non-ONNX file
-    return onnx.load(str(model))
+    return read_model(model)  # the tool's own checks and confined external-data resolution
 
 
 def iterative_selection(cfg, results):
