@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--report", help="also write the JSON report here ('-': stdout)")
     pr.add_argument("--json", action="store_true", help="print the report on stdout (human text on stderr)")
     pr.add_argument("--input-shape", action="append", metavar="NAME:SHAPE", help=shape_help)
+    pr.add_argument("--batch", type=int, default=1, help="batch size for a dynamic batch dim, or a new one for a "
+                    "fixed batch where the graph allows it (default 1)")
     add_guard_options(pr)
 
     from . import cli_compile, cli_profile
@@ -234,7 +236,7 @@ def _names(names, limit: int = 3) -> str:
 
 def _prune(args) -> int:
     from .api import prune
-    from .passes.load import parse_input_shapes
+    from .cli_profile import input_shapes
     from .report_schema import report
 
     plan = OutputPlan("prune", inputs=[("model", args.model)])
@@ -242,7 +244,7 @@ def _prune(args) -> int:
     plan.add_report(args.report, args.json)
     with plan:
         res = prune(args.model, args.ratio, criterion=args.criterion, seed=args.seed,
-                    input_shapes=parse_input_shapes(args.input_shape), **guard_kwargs(args))
+                    input_shapes=input_shapes(args.model, args.input_shape, args.batch), **guard_kwargs(args))
         for w in res.warnings:
             plan.warn(w)
         loaded, analysis, result, check = res.loaded, res.analysis, res.rewrite, res.verification

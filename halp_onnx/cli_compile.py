@@ -76,7 +76,6 @@ def _plan(args, target):
     plan.add("-o", args.out, "model")
     plan.add_report(args.report, args.json)
     plan.add("--html", args.html, "html", stdout_ok=True)
-    plan.require("--html", args.html, "matplotlib", "pip install matplotlib")
     plan.add("--engine", args.engine, "engine")
     if args.engine and target.precision == "int8" and args.calib:
         plan.add("--engine", args.engine + ".calib", "engine-calib")  # the calibration cache beside the engine

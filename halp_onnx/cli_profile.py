@@ -122,25 +122,39 @@ def resolve_target(args):
 
 
 def input_shapes(model: str, specs, batch: int) -> dict[str, tuple[int, ...]]:
-    """``--input-shape`` values, plus ``--batch`` for inputs whose only dynamic dim is the first."""
-    from .passes.load import parse_input_shapes, read_model
+    """``--input-shape`` values, plus ``--batch`` for inputs whose only dynamic dim is the first, and for
+    inputs with a fixed batch where the graph allows another one (``passes.load.batch_pin``: strict shape
+    inference at the new batch, no node such as a Reshape to a constant shape pinning the old one)."""
+    from .passes.load import batch_pin, parse_input_shapes, read_model
 
     if batch < 1:
         raise HalpError(f"--batch {batch}: expected a positive batch size", stage=STAGE)
     shapes = parse_input_shapes(specs)
     m = read_model(model)
     inits = {i.name for i in m.graph.initializer}
+    fixed: dict[str, tuple[int, ...]] = {}
     for vi in m.graph.input:
-        if vi.name in inits or vi.name in shapes:
+        if vi.name in inits or vi.name in shapes or not vi.type.HasField("tensor_type"):
             continue
         dims = vi.type.tensor_type.shape.dim
         static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
         rest = [d for d in static[1:] if d is not None]
-        if static and static[0] is None and len(rest) == len(static[1:]):
+        if not static or len(rest) != len(static[1:]):
+            continue  # other dynamic dims: --input-shape (load says so)
+        if static[0] is None:
             shapes[vi.name] = (batch, *rest)
-        elif static and static[0] is not None and batch != 1 and static[0] != batch:
-            raise HalpError(f"--batch {batch}: input {vi.name!r} of {model} has a fixed batch of {static[0]}",
-                            stage=STAGE)
+        elif batch != 1 and static[0] != batch:
+            if len(static) < 2:
+                raise HalpError(f"--batch {batch}: input {vi.name!r} of {model} has a fixed batch of {static[0]}",
+                                stage=STAGE)
+            fixed[vi.name] = (batch, *rest)
+    if fixed:
+        why = batch_pin(m, {k: v[0] for k, v in fixed.items()})
+        if why is not None:
+            name = next(iter(fixed))
+            raise HalpError(f"--batch {batch}: {model}: input {name!r} has a fixed batch the graph does not let "
+                            f"change: {why}", stage=STAGE)
+        shapes.update(fixed)
     return shapes
 
 

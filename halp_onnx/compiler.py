@@ -63,6 +63,9 @@ class CompileResult:
     warnings: tuple[str, ...] = field(default=())
     staircases: tuple[dict, ...] = field(default=())  # latency vs c_out of the most expensive layers
     budget: Any = None  # the ResolvedBudget every figure above was computed against
+    # the knapsack re-solved over budgets from the smallest achievable to dense: per point budget_ms,
+    # predicted_ms, importance (the knapsack objective), importance_share, kept_channels (report_html)
+    tradeoff: tuple[dict, ...] | None = None
 
     @property
     def measured_speedup(self) -> float | None:
@@ -85,6 +88,7 @@ class CompileResult:
             "blocks": list(self.blocks), "verification": self.verification.to_dict() if self.verification else None,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "profile": self.profile,
             "warnings": list(self.warnings),
+            "tradeoff": list(self.tradeoff) if self.tradeoff is not None else None,
         }
 
 
@@ -166,11 +170,31 @@ def compile_result(run: PipelineRun) -> CompileResult:
     block_rows = tuple({"node": a.node, "op": a.op, "c_in": [a.c_in, b.c_in], "c_out": [a.c_out, b.c_out],
                         "ms": [a.ms, b.ms]} for a, b in zip(pred_dense.blocks, pred_after.blocks))
     seconds = dict(run.seconds)
+    profile = tl.profile.to_dict()
+    prof = lm.profile
+    if prof is not None:  # where the tables come from: measured here, or measured elsewhere (transferred)
+        from .profiles.latency import profile_fingerprint
+
+        profile.update({k: getattr(prof, k) for k in ("name", "precision", "batch", "threads", "estimated",
+                                                       "overhead_ms", "block_time", "created", "updated")})
+        profile["fingerprint"] = dict(prof.fingerprint)
+        here = profile_fingerprint(lm.target, threads=prof.threads) if not lm.estimated else {}
+        differs = sorted(k for k, v in prof.match_key().items() if here and here.get(k) != v)
+        profile["differs_here"] = differs
+        profile["provenance"] = "estimated" if lm.estimated else "transferred" if differs else "measured"
+    else:
+        profile.update({"fingerprint": None, "differs_here": [], "provenance": "estimated", "analytic_gpu": lm.target.gpu,
+                        "precision": lm.target.precision, "batch": lm.target.batch})
+    tradeoff = None
+    if selection.method == "knapsack" and selection.orders and selection.values:
+        from .report_html import tradeoff_curve
+
+        tradeoff = tradeoff_curve(run.config, plan, selection.orders, selection.values)
     return CompileResult(
         model=result.model, source=loaded.source, target=tl.target.name, label=lm.label, budget_ms=plan.budget.ms,
         latency_request=plan.budget.request, dense_predicted_ms=plan.dense_ms, predicted_ms=pred_after.total_ms,
         min_predicted_ms=plan.min_ms, dense_measured_ms=measured.dense_ms if measured else None,
         measured_ms=measured.ms if measured else None, groups=tuple(rows), importance=run["importance"],
         solver=selection.stats, rounds=selection.rounds, rewrite=result, verification=run["verification"],
-        blocks=block_rows, seconds=seconds, profile=tl.profile.to_dict(), warnings=tuple(warn),
-        staircases=tuple(stairs), budget=plan.budget)
+        blocks=block_rows, seconds=seconds, profile=profile, warnings=tuple(warn),
+        staircases=tuple(stairs), budget=plan.budget, tradeoff=tradeoff)

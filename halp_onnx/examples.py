@@ -12,9 +12,10 @@ from .errors import HalpError
 
 
 def cifar_resnet(blocks_per_stage: int = 1, seed: int = 0, *, weights: dict | None = None,
-                 batch: int | str = 1) -> onnx.ModelProto:
+                 batch: int | str = "N") -> onnx.ModelProto:
     """A CIFAR-style ResNet (16/32/64 channels) with BatchNormalization and option-A shortcuts
-    (stride-2 Slice plus zero channel padding), ``batch`` x 3 x 32 x 32 input, 10 classes.
+    (stride-2 Slice plus zero channel padding), ``batch`` x 3 x 32 x 32 input (a symbolic batch ``N``
+    by default; an int fixes it), 10 classes.
 
     ``weights``: a state dict with the names of the classic CIFAR ResNet (``conv1.weight``,
     ``bn1.*``, ``layer1.0.conv1.weight``, ..., ``linear.*``), e.g. the pretrained ResNet-20/56 of
@@ -69,10 +70,11 @@ def cifar_resnet(blocks_per_stage: int = 1, seed: int = 0, *, weights: dict | No
     return b.model()
 
 
-def mobilenet(seed: int = 0) -> onnx.ModelProto:
-    """Inverted residuals with depthwise convs, squeeze-excitation, hard-swish, a concat; 1x3x64x64."""
+def mobilenet(seed: int = 0, *, batch: int | str = "N") -> onnx.ModelProto:
+    """Inverted residuals with depthwise convs, squeeze-excitation, hard-swish, a concat; ``batch`` x 3 x 64 x 64
+    (a symbolic batch ``N`` by default)."""
     b = GraphBuilder("example_mobilenet", seed)
-    x = b.input("input", [1, 3, 64, 64])
+    x = b.input("input", [batch, 3, 64, 64])
     x = b.op("HardSwish", [b.conv(x, 3, 16, stride=2)])
     for expand, c in ((4, 16), (4, 16)):
         hidden = c * expand

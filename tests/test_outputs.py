@@ -159,12 +159,21 @@ def test_dash_writes_the_report_to_stdout(model, tmp_path, capsys):
 def test_optional_dependency_checked_before_any_work(model, tmp_path, capsys, monkeypatch):
     from halp_onnx.pipeline import runner
 
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    # --html draws inline SVG and needs no optional dependency now; OutputPlan.require still refuses
+    # before any work, shown here with a module that is not installed
+    add = cli_io.OutputPlan.add
+
+    def add_and_require(self, option, path, role, **kw):
+        add(self, option, path, role, **kw)
+        if option == "--html":
+            self.require(option, path, "halp_onnx_no_such_module", "pip install it")
+
+    monkeypatch.setattr(cli_io.OutputPlan, "add", add_and_require)
     monkeypatch.setattr(runner.Pipeline, "run", lambda *a, **k: pytest.fail("the pipeline ran"))
     before = listing(tmp_path)
     assert compile_(model, tmp_path / "p.onnx", "--report", str(tmp_path / "r.json"),
                     "--html", str(tmp_path / "r.html")) == 2
-    refused(capsys, "--html", "needs matplotlib")
+    refused(capsys, "--html", "needs halp_onnx_no_such_module")
     assert listing(tmp_path) == before
 
 

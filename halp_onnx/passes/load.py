@@ -210,12 +210,16 @@ def _check_structure(model: onnx.ModelProto, name: str) -> None:
 
 
 def _make_static(model: onnx.ModelProto, name: str, overrides: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Give every real input a static shape: ``overrides`` (``--input-shape``) where given, else the
+    declared one; a symbolic leading (batch) dim alone defaults to 1. An override may change a fixed
+    leading dim where the graph allows another batch (:func:`batch_pin`); other contradictions refuse."""
     inputs = {i.name: i for i in _real_inputs(model)}
     for key in overrides:
         if key not in inputs:
             raise HalpError(f"--input-shape {key}: the model has no input '{key}' "
                             f"(inputs: {', '.join(inputs) or 'none'})", stage=STAGE)
-    shapes: dict[str, tuple[int, ...]] = {}
+    static: dict[str, tuple[int, ...]] = {}
+    rebatch: dict[str, int] = {}
     for key, vi in inputs.items():
         dims = _dims(vi)
         if key in overrides:
@@ -223,27 +227,109 @@ def _make_static(model: onnx.ModelProto, name: str, overrides: dict[str, tuple[i
             if dims and len(dims) != len(want):
                 raise HalpError(f"--input-shape {key}: rank {len(want)} given, the model's input has rank {len(dims)}",
                                 stage=STAGE)
-            for have, new in zip(dims, want):
-                if isinstance(have, int) and have > 0 and have != new:
-                    raise HalpError(f"--input-shape {key}: {'x'.join(map(str, want))} contradicts the model's static "
-                                    f"shape {'x'.join(map(str, dims))}", stage=STAGE)
+            clash = [i for i, (have, new) in enumerate(zip(dims, want))
+                     if isinstance(have, int) and have > 0 and have != new]
+            if clash and (clash != [0] or len(dims) < 2):
+                raise HalpError(f"--input-shape {key}: {'x'.join(map(str, want))} contradicts the model's static "
+                                f"shape {'x'.join(map(str, dims))}", stage=STAGE)
+            if clash:
+                rebatch[key] = int(want[0])
             dims = want
+        elif _batch_only_dynamic(dims):
+            dims = (1, *dims[1:])
         elif not dims or any(not isinstance(d, int) or d <= 0 for d in dims):
             shown = "x".join(str(d) for d in dims) if dims else "unknown"
             raise HalpError(f"{name}: input '{key}' has dynamic shape {shown}; pass --input-shape "
                             f"{key}:{'x'.join(str(d) if isinstance(d, int) and d > 0 else '1' for d in dims) or '1x3x224x224'}",
                             stage=STAGE)
+        static[key] = tuple(int(d) for d in dims)
+    if rebatch:
+        why = batch_pin(model, rebatch)
+        if why is not None:
+            key = next(iter(rebatch))
+            raise HalpError(f"--input-shape {key}: {'x'.join(map(str, static[key]))} changes the model's fixed batch "
+                            f"of {_dims(inputs[key])[0]}, which the graph does not allow: {why}", stage=STAGE)
+    for key, vi in inputs.items():
         shape = vi.type.tensor_type.shape
         del shape.dim[:]
-        for d in dims:
-            shape.dim.add().dim_value = int(d)
-        shapes[key] = tuple(int(d) for d in dims)
+        for d in static[key]:
+            shape.dim.add().dim_value = d
     # output shapes are re-derived by inference from the (now static) inputs
     for vi in model.graph.output:
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
-    return shapes
+    return static
+
+
+def _batch_only_dynamic(dims: tuple) -> bool:
+    """A leading (batch) dim that is symbolic, every other dim static: the batch defaults to 1."""
+    return (len(dims) >= 2 and isinstance(dims[0], str)
+            and all(isinstance(d, int) and d > 0 for d in dims[1:]))
+
+
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def batch_pin(model: onnx.ModelProto, batches: dict[str, int]) -> str | None:
+    """Why the fixed leading (batch) dim of the inputs in ``batches`` cannot be re-declared as the given
+    sizes, in one line naming the node; None when the graph allows it.
+
+    A copy with the new batch must pass strict shape inference, and every node that reads a float
+    tensor carrying the batch (its leading dim follows the input's) must pass it on: an output that
+    led with the old batch must lead with the new one (a Reshape to a constant ``1x...`` does not)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    _name_nodes(copy)
+    inputs = {i.name: i for i in _real_inputs(copy)}
+
+    def inferred(sizes: dict[str, int], strict: bool = True) -> dict[str, tuple[int | None, ...]]:
+        m = onnx.ModelProto()
+        m.CopyFrom(copy)
+        del m.graph.value_info[:]
+        for vi in m.graph.output:
+            vi.type.tensor_type.ClearField("shape")
+        for vi in m.graph.input:
+            if vi.name in sizes:
+                vi.type.tensor_type.shape.dim[0].Clear()
+                vi.type.tensor_type.shape.dim[0].dim_value = sizes[vi.name]
+        m = infer_shapes(m) if strict else onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+        out: dict[str, tuple[int | None, ...]] = {}
+        for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+            t = vi.type.tensor_type
+            if vi.type.HasField("tensor_type") and t.elem_type in _FLOATS and t.HasField("shape") and t.shape.dim:
+                out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        return out
+
+    old = {k: int(_dims(inputs[k])[0]) for k in batches if k in inputs}
+    try:
+        before = inferred(old)
+    except Exception as err:  # onnx raises InferenceError / ValidationError subclasses
+        return f"shape inference fails on the model as declared: {_first_line(err)}"
+    new = {k: batches[k] for k in old}
+    try:
+        after = inferred(new)
+    except Exception as err:  # the node that pins the batch, where lenient inference still shows it
+        try:
+            pin = _pinning_node(copy, before, inferred(new, strict=False))
+        except Exception:
+            pin = None
+        return pin or f"shape inference fails with batch {', '.join(map(str, new.values()))}: {_first_line(err)}"
+    return _pinning_node(copy, before, after)
+
+
+def _pinning_node(model: onnx.ModelProto, before: dict, after: dict) -> str | None:
+    """The first node that reads a float tensor whose leading dim changed with the batch, and writes one
+    that led with the old batch but does not lead with the new one (a Reshape to a constant 1x..., say)."""
+    for node in model.graph.node:
+        carried = [(before[t][0], after[t][0]) for t in node.input
+                   if t in before and t in after and before[t][0] != after[t][0]]
+        for b0, b1 in carried:
+            for out in node.output:
+                if out in before and out in after and before[out][0] == b0 and after[out][0] not in (b1, None):
+                    return (f"node '{node.name}' ({node.op_type}) pins the batch: its output '{out}' leads with "
+                            f"{after[out][0]} where the batch is {b1}")
+    return None
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
