@@ -70,6 +70,19 @@ class UnionFind:
                 else:
                     self._parent[rx] = ry
 
+    def classes(self, ids: np.ndarray) -> np.ndarray:
+        """The current class (root atom) of each atom of ``ids``, any shape; nothing is compressed."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not ids.size:
+            return ids
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        root = uniq
+        while True:
+            up = self._parent[root]
+            if np.array_equal(up, root):
+                return root[inverse].reshape(ids.shape)
+            root = up
+
     def roots(self) -> np.ndarray:
         """The class (root atom) of every atom, vectorised full compression."""
         parent = self._parent.copy()

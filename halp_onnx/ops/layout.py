@@ -18,8 +18,92 @@ def _expand_to(lab: Labels, shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(lab.ids.reshape(view), shape)
 
 
+def _varying(full: np.ndarray) -> list[int]:
+    """The axes along which the atom ids of ``full`` change."""
+    shape = full.shape
+    return [ax for ax in range(len(shape))
+            if shape[ax] > 1 and not np.array_equal(full, np.broadcast_to(full.take([0], axis=ax), shape))]
+
+
+def _on(full: np.ndarray, axes: list[int]) -> np.ndarray:
+    """The atom ids of ``full`` over ``axes`` (the other axes, where they do not change, at position 0)."""
+    return np.ascontiguousarray(full[tuple(slice(None) if ax in axes else 0 for ax in range(full.ndim))])
+
+
+def _rows_disjoint(ids: np.ndarray, k: int) -> bool:
+    """Does every atom of ``ids`` lie in one position of axis ``k`` only?"""
+    rows = np.moveaxis(ids, k, 0).reshape(ids.shape[k], -1)
+    return sum(len(np.unique(r)) for r in rows) == len(np.unique(rows))
+
+
+def _whole_along(ctx, ids: np.ndarray, k: int) -> np.ndarray:
+    """Couple every atom with the others at its position on axis ``k``; the ids along that axis."""
+    rows = np.moveaxis(ids, k, 0).reshape(ids.shape[k], -1)
+    if rows.shape[1] > 1:
+        ctx.unify(rows[:, 1:], np.broadcast_to(rows[:, :1], rows[:, 1:].shape))
+    return np.ascontiguousarray(rows[:, 0])
+
+
+def _chunked(ctx, tensor: str, axis: int, depth: int = 6) -> bool:
+    """Is axis ``axis`` of ``tensor`` picked apart (Gather of single positions, Split, Slice) before
+    anything else reads it, through transposes and (un)squeezes (a fused q, k, v projection)?"""
+    picked = False
+    for reader, idx in ctx.readers.get(tensor, []) if depth else []:
+        op, out = reader.op_type, reader.output[0] if reader.output else ""
+        rank = len(ctx.shapes.get(tensor) or ())
+        if op in ("Shape", "Size"):
+            continue  # reads the shape only
+        if idx != 0 or not out or not rank:
+            return False
+        if op in ("Split", "Gather"):
+            if norm_axis(int(ctx.attr(reader, "axis", 0)), rank) != axis:
+                return False
+            if op == "Gather" and (ctx.const(reader.input[1]) is None or ctx.const(reader.input[1]).ndim > 1):
+                return False
+        elif op == "Slice":
+            try:
+                if axis not in _slice_params(reader, ctx)[2]:
+                    return False
+            except Exception:  # bounds computed at runtime, or malformed: not a chunk
+                return False
+        else:
+            moved: int | None = None
+            if op == "Transpose":
+                perm = list(ctx.attr(reader, "perm", None) or reversed(range(rank)))
+                moved = perm.index(axis)
+            elif op in ("Squeeze", "Unsqueeze", "Identity") and ctx.shapes.get(out) is not None:
+                moved = _moved_axis(ctx.shape(tensor), ctx.shape(out), axis)
+            if moved is None or not _chunked(ctx, out, moved, depth - 1):
+                return False
+        picked = True
+    return picked
+
+
+def _moved_axis(in_shape, out_shape, axis: int) -> int | None:
+    """Where axis ``axis`` lands through a squeeze / unsqueeze (axes of size 1 come and go)."""
+    before = sum(1 for a in range(axis) if in_shape[a] != 1)
+    big = [k for k, d in enumerate(out_shape) if d != 1]
+    if in_shape[axis] == 1 or before >= len(big):
+        return None
+    return big[before]
+
+
 def analyze_reshape(node, ctx) -> None:
-    """Reshape, Flatten, Squeeze, Unsqueeze: follow every element, then find the axes channels land on."""
+    """Reshape, Flatten, Squeeze, Unsqueeze: follow every element, then find the axes channels land on.
+
+    Channels landing on one axis (a merge, a flatten, a squeeze) keep their atoms there, repeated where
+    they merge with other data (heads x head_dim -> width: each head's atom head_dim times). Channels
+    landing on several axes must keep rectangles, so one of those axes is the one that shrinks and
+    the atoms at each of its positions are coupled; the output's labels are on that axis only:
+
+    * attention heads, channels on the last axis split into trailing axes (``B x T x C ->
+      B x T x heads x head_dim``, fused ``B x T x 3 x heads x head_dim``): whole heads, the axis
+      before the last; q, k and v of a head and its head_dim channels go together;
+    * a channel shuffle (``C -> groups x C/groups`` elsewhere): the inner axis, the same positions
+      in every group;
+    * channels split together with other data into rows that share no channel (``B x C x H x W ->
+      B x groups x C/groups*H*W``, a GroupNorm written with InstanceNormalization): whole rows.
+    """
     lab = ctx.labels(node.input[0])
     if lab is None:
         return
@@ -30,24 +114,40 @@ def analyze_reshape(node, ctx) -> None:
     if int(np.prod(in_shape)) > _MAX_RESHAPE_ELEMENTS:
         ctx.freeze(lab, f"{who(node)} reshapes a tensor too large to follow")
         return
+    out = node.output[0]
     full = _expand_to(lab, in_shape).reshape(out_shape)
-    varying = [ax for ax in range(len(out_shape))
-               if out_shape[ax] > 1 and not np.array_equal(full, np.broadcast_to(full.take([0], axis=ax), out_shape))]
-    if not varying or len(varying) > 2 or (len(varying) == 2 and varying[1] != varying[0] + 1):
-        ctx.freeze(lab, f"{who(node)} reshapes the channels in a way halp-onnx cannot follow "
-                        f"({'x'.join(map(str, in_shape))} -> {'x'.join(map(str, out_shape))})")
+    varying = _varying(full)
+    if len(varying) > 1:  # atoms already coupled may vary along fewer axes
+        full = ctx.uf.classes(full)
+        varying = _varying(full) or varying
+    if len(varying) == 1:
+        ctx.set(out, Labels(tuple(varying), _on(full, varying)))
         return
-    ids = full[tuple(slice(None) if ax in varying else 0 for ax in range(len(out_shape)))]
-    if len(varying) == 2 and (ids.size != lab.ids.size or
-                              not np.array_equal(np.sort(ids, axis=None), np.sort(lab.ids, axis=None))):
-        ctx.freeze(lab, f"{who(node)} spreads the channels over two axes together with other data "
-                        f"({'x'.join(map(str, in_shape))} -> {'x'.join(map(str, out_shape))})")
+    how = f"({'x'.join(map(str, in_shape))} -> {'x'.join(map(str, out_shape))})"
+    if not varying:
+        ctx.freeze(lab, f"{who(node)} reshapes the channels in a way halp-onnx cannot follow {how}")
         return
-    if len(varying) == 2 and lab.ids.ndim == 1:
-        # one axis split in two (channel shuffle, attention heads): only the inner axis may shrink,
-        # by the same positions in every row, so the result stays rectangular
-        ctx.unify(ids[1:], np.broadcast_to(ids[:1], ids[1:].shape))
-    ctx.set(node.output[0], Labels(tuple(varying), np.ascontiguousarray(ids)))
+    ids = _on(full, varying)
+    in_ids = ctx.uf.classes(lab.ids)
+    if ids.shape == in_ids.shape and np.array_equal(ids, in_ids):
+        ctx.set(out, Labels(tuple(varying), ids))  # axis for axis (a squeeze, an unsqueeze)
+        return
+    pure = ids.size == in_ids.size and np.array_equal(np.sort(ids, axis=None), np.sort(in_ids, axis=None))
+    shrinking = None
+    if pure and lab.ids.ndim == 1:
+        if lab.axes[0] == len(in_shape) - 1 and varying[-1] == len(out_shape) - 1:
+            # heads x head_dim: whole heads; an axis picked apart later (q, k, v) shrinks in lockstep
+            free = [k for k, ax in enumerate(varying[:-1]) if not _chunked(ctx, out, ax)] + [len(varying) - 1]
+            shrinking = free[-2] if len(free) > 1 else free[-1]
+        elif len(varying) == 2:
+            shrinking = 1  # channel shuffle: the same positions in every group
+    elif not pure and _rows_disjoint(ids, 0):
+        shrinking = 0  # groups of channels with their spatial data: whole groups
+    if shrinking is None:
+        ctx.freeze(lab, f"{who(node)} reshapes the channels in a way halp-onnx cannot follow {how}" if pure else
+                   f"{who(node)} spreads the channels over several axes together with other data {how}")
+        return
+    ctx.set(out, Labels((varying[shrinking],), _whole_along(ctx, ids, shrinking)))
 
 
 def rewrite_reshape(node, rw) -> None:
@@ -96,7 +196,21 @@ def analyze_concat(node, ctx) -> None:
     ctx.set(out, Labels((axis,), np.concatenate(parts)))
 
 
+def _along(ids: np.ndarray, k: int, start: int, stop: int) -> np.ndarray:
+    """``ids`` restricted to positions ``start:stop`` of its ``k``-th axis."""
+    return np.ascontiguousarray(np.take(ids, np.arange(start, stop), axis=k))
+
+
+def _kept_along(mask: np.ndarray, k: int) -> np.ndarray:
+    """Per position of the ``k``-th label axis: is anything kept there (the kept positions form a box)."""
+    other = tuple(i for i in range(mask.ndim) if i != k)
+    return np.asarray(mask.any(axis=other)) if other else mask
+
+
 def analyze_split(node, ctx) -> None:
+    """Split along a channel axis hands each output its part of the channels; along another axis every
+    output carries them all. Channels spread over several axes (attention heads x channels per head)
+    are split along the one axis the Split names."""
     lab = ctx.labels(node.input[0])
     if lab is None:
         return
@@ -106,13 +220,11 @@ def analyze_split(node, ctx) -> None:
         for out in node.output:
             ctx.set(out, lab)
         return
-    if lab.axes != (axis,):
-        ctx.freeze(lab, f"{who(node)} splits channels that span several axes")
-        return
+    k = lab.axes.index(axis)
     offset = 0
     for out in node.output:
         size = ctx.shape(out)[axis]
-        ctx.set(out, Labels((axis,), lab.ids[offset:offset + size]))
+        ctx.set(out, Labels(lab.axes, _along(lab.ids, k, offset, offset + size)))
         offset += size
 
 
@@ -122,7 +234,15 @@ def rewrite_split(node, rw) -> None:
     axis = norm_axis(int(rw.attr(node, "axis", 0)), rank)
     if lab is None or axis not in lab.axes:
         return
-    sizes = np.array([int(rw.mask(out).sum()) for out in node.output], dtype=np.int64)
+    k = lab.axes.index(axis)
+    old, new = [], []
+    for out in node.output:
+        mask = rw.mask(out)
+        old.append(int(rw.shape(out)[axis]))
+        new.append(old[-1] if mask is None else int(_kept_along(mask, k).sum()))
+    if new == old:
+        return  # nothing of the split axis is removed: the node stays as it is
+    sizes = np.array(new, dtype=np.int64)
     if rw.opset >= 13:
         rw.del_attr(node, "num_outputs")
         rw.set_input(node, 1, sizes)
@@ -152,17 +272,16 @@ def analyze_slice(node, ctx) -> None:
         ctx.freeze(lab, f"{who(node)} slices with '{err.args[0]}' computed at runtime")
         return
     shape = ctx.shape(node.input[0])
-    out_lab = lab
+    ids = lab.ids
     for start, end, axis, step in zip(starts, ends, axes, steps):
         if axis not in lab.axes:
             continue
-        if lab.axes != (axis,) or step != 1:
-            ctx.freeze(lab, f"{who(node)} slices the channel axis with step {step}" if step != 1
-                       else f"{who(node)} slices channels that span several axes")
+        if step != 1:
+            ctx.freeze(lab, f"{who(node)} slices the channel axis with step {step}")
             return
         idx = range(*slice(start, end, step).indices(shape[axis]))
-        out_lab = Labels((axis,), lab.ids[idx.start:idx.stop])
-    ctx.set(node.output[0], out_lab)
+        ids = _along(ids, lab.axes.index(axis), idx.start, max(idx.stop, idx.start))
+    ctx.set(node.output[0], Labels(lab.axes, ids))
 
 
 def rewrite_slice(node, rw) -> None:
@@ -176,9 +295,12 @@ def rewrite_slice(node, rw) -> None:
     for k, (start, end, axis, step) in enumerate(zip(starts, ends, axes, steps)):
         if axis not in lab.axes:
             continue
+        kept = _kept_along(mask_in, lab.axes.index(axis))
+        if kept.all():
+            continue  # nothing removed along this axis: its bounds stand
         idx = range(*slice(start, end, step).indices(shape[axis]))
-        starts[k] = int(mask_in[:idx.start].sum())
-        ends[k] = starts[k] + int(mask_in[idx.start:idx.stop].sum())
+        starts[k] = int(kept[:idx.start].sum())
+        ends[k] = starts[k] + int(kept[idx.start:max(idx.stop, idx.start)].sum())
         changed = True
     if not changed:
         return
@@ -237,6 +359,8 @@ def rewrite_pad(node, rw) -> None:
     rank = len(rw.shape(node.input[0]))
     before, after, axes = _pad_params(node, rw, rank)
     out_mask = rw.mask(node.output[0])
+    if out_mask is None:  # the channels were frozen here: the pads stand
+        return
     changed = False
     for axis in lab_in.axes:
         b, e = before[axis], after[axis]

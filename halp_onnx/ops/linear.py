@@ -94,6 +94,8 @@ def analyze_gemm(node, ctx) -> None:
 
 
 def analyze_matmul(node, ctx) -> None:
+    """MatMul with a constant 2-d weight: a producer (and a consumer of its input's channels). Of two
+    activations: see :func:`_analyze_activation_matmul`."""
     a, b = node.input[0], node.input[1]
     la, lb = ctx.labels(a), ctx.labels(b)
     wa, wb = ctx.const(a), ctx.const(b)
@@ -110,11 +112,93 @@ def analyze_matmul(node, ctx) -> None:
                 ctx.freeze(la, f"{who(node)} keeps the channels on a row axis and creates new ones on the last")
         ctx.set(out, Labels((ro - 1,), ids))
         return
-    if wa is None and wb is None and la is not None and lb is not None \
-            and la.axes == (ra - 1,) and lb.axes == (rb - 2,) and ra >= 2 and rb >= 2:
-        ctx.unify(la.ids, lb.ids)  # contraction over the channels: removing one removes its term
-        ctx.consumer(node, 0)
+    if wa is None and wb is None and ra >= 2 and rb >= 2 and (la is not None or lb is not None):
+        _analyze_activation_matmul(node, ctx, la, lb)
         return
     for lab in (la, lb):
         if lab is not None:
             ctx.freeze(lab, f"{who(node)} multiplies the channels in a way halp-onnx cannot split")
+
+
+def _analyze_activation_matmul(node, ctx, la: Labels | None, lb: Labels | None) -> None:
+    """``A [..., M, K] x B [..., K, N]``, both computed: channels on the batch axes (attention heads in
+    ``Q K^T`` and ``attn V``) pair up position by position and carry on to the output; channels on the
+    contracted axis pair up and are summed away (a consumer: the reference zeroes the removed ones);
+    channels on M (of A) or N (of B) carry on to the output. The other operand must shrink with the
+    channels unless it broadcasts there; channels on both M and N (an outer product) cannot be split."""
+    a, b, out = node.input[0], node.input[1], node.output[0]
+    sa, sb, so = ctx.shape(a), ctx.shape(b), ctx.shape(out)
+    ra, rb, ro = len(sa), len(sb), len(so)
+    k_axis = ro  # joint axes: the output's, then the contracted one
+    dims = list(so) + [sa[-1]]
+
+    def joint(ax: int, rank: int, is_a: bool) -> int:
+        if ax < rank - 2:
+            return ax + ro - rank
+        if ax == rank - 2:
+            return ro - 2 if is_a else k_axis
+        return k_axis if is_a else ro - 1
+
+    def extent(j: int, shape: tuple[int, ...], is_a: bool) -> int:
+        """The operand's size along joint axis ``j`` (1 where it has no such axis)."""
+        if j == k_axis:
+            return shape[-1] if is_a else shape[-2]
+        if j >= ro - 2:
+            return shape[-2 if is_a else -1] if (j == ro - 2) == is_a else 1
+        i = j - (ro - len(shape))
+        return shape[i] if i >= 0 else 1
+
+    operands = [(a, la, sa, ra, True), (b, lb, sb, rb, False)]
+    axes_of = [[joint(ax, rank, is_a) for ax in lab.axes] if lab is not None else []
+               for _, lab, _, rank, is_a in operands]
+    union = sorted(set(axes_of[0]) | set(axes_of[1]))
+    reason = ""
+    if ro - 2 in union and ro - 1 in union:
+        reason = f"{who(node)} multiplies the channels of its two inputs with each other (an outer product)"
+    for (name, lab, shape, _, is_a), axes in zip(operands, axes_of):
+        for j in union:
+            if j not in axes and extent(j, shape, is_a) > 1:
+                reason = reason or (f"{who(node)} combines the channels with tensor '{name}', "
+                                    "whose channels cannot shrink with them")
+    if reason:
+        for _, lab, *_ in operands:
+            if lab is not None:
+                ctx.freeze(lab, reason)
+        return
+    spread = []  # each labelled operand's atoms over the union of the joint axes (broadcast elsewhere)
+    for (_, lab, _, _, _), axes in zip(operands, axes_of):
+        if lab is None:
+            continue
+        ordered = lab.ids.transpose(np.argsort(axes))
+        view = [ordered.shape[sorted(axes).index(j)] if j in axes else 1 for j in union]
+        spread.append(np.broadcast_to(ordered.reshape(view), [dims[j] for j in union]))
+    if len(spread) == 2:
+        ctx.unify(spread[0], spread[1])
+    ids = spread[-1]
+    if k_axis in union:
+        k = union.index(k_axis)
+        if len(union) == 1:
+            ctx.consumer(node, 0 if la is not None else 1)  # summed away: the reference zeroes the removed terms
+            return
+        rest = np.take(ids, np.arange(1, ids.shape[k]), axis=k)
+        ctx.unify(rest, np.broadcast_to(np.take(ids, [0], axis=k), rest.shape))
+        ids = np.take(ids, 0, axis=k)
+        union.remove(k_axis)
+    ctx.set(out, Labels(tuple(union), np.ascontiguousarray(ids)))
+
+
+def analyze_gather(node, ctx) -> None:
+    """An embedding lookup (a constant 2-d table read at runtime indices along axis 0) creates channels
+    on the output's last axis, the table's columns following them; any other Gather moves channels
+    (:func:`halp_onnx.ops.layout.analyze_gather`)."""
+    from .layout import analyze_gather as move
+
+    table = ctx.const(node.input[0])
+    if table is None or table.ndim != 2 or int(ctx.attr(node, "axis", 0)) not in (0, -2) \
+            or ctx.const(node.input[1]) is not None or ctx.labels(node.input[1]) is not None:
+        move(node, ctx)
+        return
+    out = node.output[0]
+    ids = ctx.new_source(node, out, (table.shape[1],))
+    ctx.follow(node.input[0], Labels((1,), ids), node)
+    ctx.set(out, Labels((len(ctx.shape(out)) - 1,), ids))

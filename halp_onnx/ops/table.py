@@ -132,8 +132,11 @@ ENTRIES: tuple[OpEntry, ...] = tuple([
     *[e for op in ("Softmax", "LogSoftmax")
       for e in _versions(op, "norm", (13,), channels=normalization.analyze_axis_mixer)],
     *[OpEntry(op, channels=normalization.analyze_axis_mixer, torch=_torch("norm", op)) for op in (
-        "Hardmax", "LayerNormalization", "MeanVarianceNormalization",
-        "LpNormalization", "GroupNormalization", "LRN", "DepthToSpace", "SpaceToDepth", "CumSum")],
+        "Hardmax", "MeanVarianceNormalization", "LpNormalization", "LRN", "DepthToSpace", "SpaceToDepth",
+        "CumSum")],
+    OpEntry("LayerNormalization", channels=normalization.analyze_layer_norm, torch="norm:LayerNormalization"),
+    OpEntry("GroupNormalization", channels=normalization.analyze_group_norm,
+            rewrite=normalization.rewrite_group_norm, torch="norm:GroupNormalization"),
     # ---- layout: reshapes, concatenation, slicing, gathering
     *_versions("Reshape", "shape", (5,), channels=layout.analyze_reshape, rewrite=layout.rewrite_reshape,
                latency=Latency.FREE),
@@ -145,7 +148,7 @@ ENTRIES: tuple[OpEntry, ...] = tuple([
     OpEntry("Split", channels=layout.analyze_split, rewrite=layout.rewrite_split, torch="shape:Split"),
     *_versions("Slice", "shape", (10,), channels=layout.analyze_slice, rewrite=layout.rewrite_slice),
     *_versions("Pad", "shape", (11,), channels=layout.analyze_pad, rewrite=layout.rewrite_pad),
-    OpEntry("Gather", channels=layout.analyze_gather, rewrite=layout.rewrite_gather, torch="index:Gather"),
+    OpEntry("Gather", channels=linear.analyze_gather, rewrite=layout.rewrite_gather, torch="index:Gather"),
     OpEntry("Expand", channels=layout.analyze_expand_tile, rewrite=layout.rewrite_expand, torch="shape:Expand"),
     OpEntry("Tile", channels=layout.analyze_expand_tile, torch="shape:Tile"),
     *[OpEntry(op, channels=layout.analyze_shape_only, latency=Latency.FREE, torch=f"shape:{op}")

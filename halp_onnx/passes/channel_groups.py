@@ -16,6 +16,7 @@ import onnx
 from ..errors import HalpError
 from ..labels import Labels, UnionFind
 from ..metrics import node_macs, param_count
+from ..ops._rule import norm_axis
 from ..ops.table import ANCHOR_OPS
 from .load import LoadedModel
 
@@ -120,8 +121,10 @@ class AnalysisContext:
         self._labels: dict[str, Labels] = {}
         self.freezes: list[tuple[np.ndarray, str]] = []
         self.follows: dict[str, list[tuple[Labels, str]]] = {}
+        self.followers: dict[tuple[str, tuple[int, ...]], set[str]] = {}  # (constant, axes) -> reader nodes
         self.consumer_specs: list[tuple[str, int, str]] = []
         self.touched: dict[str, set[str]] = {}  # node -> tensors whose channels change in it
+        self.dense_liveness: dict[str, frozenset | None] | None = None  # _liveness of the unpruned graph
         self.producer_of: dict[str, str] = {o: n.name for n in self.model.graph.node for o in n.output if o}
         self.readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
         for node in self.model.graph.node:
@@ -191,13 +194,26 @@ class AnalysisContext:
             self.freezes.append((ids, reason))
 
     def follow(self, const_name: str, labels: Labels, node: onnx.NodeProto) -> None:
-        """Constant ``const_name`` is sliced along ``labels.axes`` with the channels of ``labels.ids``."""
+        """Constant ``const_name`` is sliced along ``labels.axes`` with the channels of ``labels.ids``.
+
+        A constant read by several nodes (a detection head's convolution applied at every pyramid level)
+        is sliced once: every reader that follows it along the same axes couples its channels with the
+        others' (the heads' output channels form one group across the levels, and so do the levels'
+        input channels); a reader that does not follow it along those axes freezes them
+        (:func:`_freeze_shared_constants`)."""
+        self.followers.setdefault((const_name, labels.axes), set()).add(node.name)
+        self.touch(node, const_name)
         for prev, _ in self.follows.get(const_name, []):
             if prev.axes == labels.axes:
+                if prev.ids.shape != labels.ids.shape:
+                    self.freeze(prev, f"constant '{const_name}' is read by {node.op_type} node '{node.name}' "
+                                      "with channels of another shape")
+                    self.freeze(labels, f"constant '{const_name}' is read by {node.op_type} node '{node.name}' "
+                                        "with channels of another shape")
+                    return
                 self.unify(prev.ids, labels.ids)  # a shared weight couples its readers' channels
                 return
         self.follows.setdefault(const_name, []).append((labels, node.name))
-        self.touch(node, const_name)
 
     def consumer(self, node: onnx.NodeProto, input_index: int) -> None:
         self.consumer_specs.append((node.name, input_index, node.input[input_index]))
@@ -250,14 +266,16 @@ def _freeze_subgraph_reads(node: onnx.NodeProto, ctx: AnalysisContext) -> None:
 
 
 def _freeze_shared_constants(ctx: AnalysisContext) -> None:
-    """A sliced constant also read by a node that does not follow its channels cannot shrink."""
+    """A constant sliced along some axes and also read by a node that does not follow it along those
+    axes cannot shrink there (readers that all follow it were coupled by :meth:`AnalysisContext.follow`)."""
     for name, follows in ctx.follows.items():
-        followers = {n for _, n in follows}
-        for reader, _ in ctx.readers.get(name, []):
-            if reader.name not in followers:
-                for lab, _ in follows:
+        for lab, _ in follows:
+            followers = ctx.followers.get((name, lab.axes), set())
+            for reader, _ in ctx.readers.get(name, []):
+                if reader.name not in followers:
                     ctx.freeze(lab, f"constant '{name}' is shared with node '{reader.name}' ({reader.op_type}), "
                                "which does not follow its channels")
+                    break
 
 
 def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
@@ -369,7 +387,9 @@ _CONSTANT_WHEN_EMPTY = ANCHOR_OPS  # a consumer that lost every input channel be
 def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str, Labels],
                      channel_group: np.ndarray) -> str:
     """Why the group cannot go to zero channels ("" if it can): its branch must vanish, its consumers
-    become constants, and every graph output must still depend on a graph input."""
+    become constants, and every graph output must still depend on a graph input - all of it, where it
+    did: a branch whose constant reaches an output without joining a live tensor (a detection head's
+    branch at one level, concatenated with the other levels along the anchors axis) must stay."""
     tensors = set(group.tensors)
     for t in group.tensors:
         others = set(_groups_in(labels[t], channel_group)) - {group.id}
@@ -387,13 +407,73 @@ def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str
         if any(i in tensors for i in node.input):
             if node.name not in consumers or node.op_type not in _CONSTANT_WHEN_EMPTY:
                 return f"node '{node.name}' ({node.op_type}) would be left without input"
-    live = {i.name for i in ctx.model.graph.input}
-    for node in ctx.model.graph.node:
-        if node.name not in vanished and node.name not in consumers and any(i in live for i in node.input):
-            live.update(o for o in node.output if o)
+    live = _liveness(ctx, vanished | consumers, labels)
+    dense = ctx.dense_liveness = ctx.dense_liveness or _liveness(ctx, set(), labels)
     if any(o.name not in live for o in ctx.model.graph.output):
         return "without it the graph outputs would no longer depend on the inputs"
+    for o in ctx.model.graph.output:
+        if _rank(live[o.name]) < _rank(dense.get(o.name)):
+            return (f"without it part of graph output '{o.name}' would no longer depend on the inputs "
+                    "(a branch that reaches the output without joining a live one)")
     return ""
+
+
+_UNKNOWN = frozenset({-1})  # some positions are constants, which ones is not followed
+
+
+def _rank(state) -> int:
+    return 2 if state is None else 1
+
+
+def _liveness(ctx: AnalysisContext, constant: set[str], labels: dict[str, Labels]) -> dict[str, frozenset | None]:
+    """Which tensors depend on the graph inputs when the nodes in ``constant`` output constants.
+
+    A tensor absent from the result is a constant; ``None``: every position depends on the inputs;
+    a set: the channels that are constants (the rest depend on the inputs), e.g. a Concat of a live
+    tensor and a removed branch, until an op that mixes the channels; ``_UNKNOWN``: some positions are
+    constants (a Concat along another axis, such as the anchors axis of a detection head whose one
+    level lost its branch), which no later op revives."""
+    state: dict[str, frozenset | None] = {i.name: None for i in ctx.model.graph.input}
+
+    def ids(name: str) -> frozenset | None:
+        lab = labels.get(name)
+        return frozenset(lab.flat[lab.flat >= 0].tolist()) if lab is not None else None
+
+    for node in ctx.model.graph.node:
+        if node.name in constant:
+            continue
+        names = [i for i in node.input if i]
+        acts = [state[i] for i in names if i in state]
+        if not acts:
+            continue
+        outs = [o for o in node.output if o]
+        dead: frozenset | None
+        if node.op_type == "Concat":
+            dead = None if all(i in state and state[i] is None for i in names) else _UNKNOWN
+            shape, lab = ctx.shapes.get(outs[0]), labels.get(outs[0])
+            if dead is not None and shape is not None and lab is not None and \
+                    lab.axes == (norm_axis(int(ctx.attr(node, "axis", 1)), len(shape)),):
+                parts = [state[i] if i in state else ids(i) for i in names]  # a constant: all its channels
+                if all(p is not _UNKNOWN and (p is not None or i in state) for p, i in zip(parts, names)):
+                    dead = frozenset().union(*(p for p in parts if p is not None))
+        elif node.op_type in ANCHOR_OPS and int(ctx.attr(node, "group", 1)) == 1:
+            dead = None if any(a is not _UNKNOWN for a in acts) else _UNKNOWN  # mixes every channel
+        elif any(a is None for a in acts):
+            dead = None
+        elif any(a is _UNKNOWN for a in acts):
+            dead = _UNKNOWN
+        else:
+            dead = frozenset.intersection(*(a for a in acts if a is not None))
+        for o in outs:
+            if dead is None or dead is _UNKNOWN:
+                state[o] = dead
+                continue
+            carried = ids(o)
+            if carried is None:
+                state[o] = _UNKNOWN
+            elif not carried <= dead:  # else every channel it carries is a constant: absent
+                state[o] = (dead & carried) or None
+    return state
 
 
 def _groups_in(lab: Labels | None, channel_group: np.ndarray) -> list[int]:

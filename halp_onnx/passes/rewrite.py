@@ -18,6 +18,7 @@ import onnx
 from ..errors import HalpError
 from ..labels import Labels
 from ..metrics import model_params, node_macs
+from ..ops.table import ANCHOR_OPS
 from .channel_groups import ChannelAnalysis
 from .load import PROTOBUF_LIMIT, LoadedModel, infer_shapes, save_external, tensor_shapes, weight_bytes
 
@@ -145,8 +146,10 @@ class RewriteContext:
 
 
 def _remove_empty_branches(rw: RewriteContext) -> set[str]:
-    """Groups pruned to zero: nodes whose outputs lost every channel disappear, and consumers that lost
-    every input channel become constants (their bias). Returns the names of the removed nodes."""
+    """Tensors left without a channel (a group pruned to zero, or a slice of a group whose kept channels
+    all lie elsewhere): nodes whose outputs lost every channel disappear, consumers that lost every
+    input channel become constants (their bias), and a Concat drops the inputs that have nothing left.
+    Returns the names of the removed nodes."""
     graph = rw.model.graph
     empty = {name for name, lab in rw.analysis.labels.items() if lab.ids.size and not rw.mask_of(lab).any()}
     if not empty:
@@ -156,6 +159,13 @@ def _remove_empty_branches(rw: RewriteContext) -> set[str]:
         outs = [o for o in node.output if o]
         if outs and all(o in empty for o in outs):
             removed.add(node.name)
+        elif node.op_type == "Concat" and any(i in empty for i in node.input):
+            left = [i for i in node.input if i not in empty]
+            del node.input[:]
+            node.input.extend(left)
+        elif node.input and node.input[0] in empty and node.op_type not in ANCHOR_OPS:
+            raise HalpError(f"node '{node.name}' ({node.op_type}) would read tensor '{node.input[0]}', "
+                            "which keeps no channel; keep at least one of its channels", stage=STAGE)
         elif node.input and node.input[0] in empty:  # a consumer with no input channel left
             out = node.output[0]
             shape = list(rw.shape(out))
@@ -230,6 +240,50 @@ def _shrink_folded_constants(rw: RewriteContext, original: set[str]) -> None:
             init.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(reduced), init.name))
 
 
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Tensors the subgraphs of a node (If, Loop, Scan) read from the enclosing scope."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | \
+                {i.name for i in sub.initializer}
+            for n in sub.node:
+                names.update(i for i in list(n.input) + sorted(_subgraph_reads(n)) if i and i not in inner)
+    return names
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Put the nodes in topological order, as onnx.checker wants (a branch removed, inputs rewired).
+
+    Stable: among the nodes ready at each step the earliest in the original order goes first, so a
+    graph already in order is left exactly as it is. A node that reads a tensor nothing produces any
+    more is named."""
+    import networkx as nx
+
+    nodes = list(graph.node)
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(nodes)))
+    for k, node in enumerate(nodes):
+        for name in node.input:
+            if name in producer:
+                dag.add_edge(producer[name], k)
+            elif name and name not in available:
+                raise HalpError(f"the rewritten model is broken: node '{node.name}' ({node.op_type}) reads tensor "
+                                f"'{name}', which nothing produces any more", stage=STAGE)
+        for name in _subgraph_reads(node):
+            if name in producer:
+                dag.add_edge(producer[name], k)
+    try:
+        order = list(nx.lexicographical_topological_sort(dag))
+    except nx.NetworkXUnfeasible:
+        raise HalpError("the rewritten model has a cycle", stage=STAGE) from None
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[k] for k in order)
+
+
 def _axis_sizes(lab: Labels, mask: np.ndarray, name: str):
     """(axis, new size, old size) per channel axis; the kept positions must form a box."""
     sizes = []
@@ -274,6 +328,7 @@ def rewrite(loaded: LoadedModel, analysis: ChannelAnalysis,
         original = {i.name for i in loaded.model.graph.initializer}
         _fold_after_removal(rw)
         _shrink_folded_constants(rw, original)
+    _toposort(graph)
     del graph.value_info[:]
     try:
         model = infer_shapes(rw.model, check_type=True)

@@ -42,13 +42,29 @@ class VerifyResult:
 
 
 def masked_reference(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.ndarray) -> onnx.ModelProto:
-    """The original model with every consumer's reading of a removed channel zeroed."""
+    """The original model computing what the pruned model computes, at the original widths.
+
+    * Every consumer's reading of a removed channel is zeroed: a 0/1 mask multiplied into each input
+      that reduces over channels (convolutions, Gemm, MatMul).
+    * Every normalisation over channels runs over the kept channels only, as in the pruned model.
+      Pruning a LayerNormalization's channels changes its function: on the kept set ``K`` it computes
+      ``y_c = (x_c - mean_K(x)) / sqrt(var_K(x) + eps) * scale_c + bias_c`` with mean and variance over
+      the ``|K|`` kept channels instead of all ``C``. The reference replaces such a node by
+      ``Gather`` (kept channels of x, scale and bias) -> the same LayerNormalization ->
+      ``Concat`` with a zero slice + ``Gather`` back to full width: kept channels in place, zeros at
+      the removed ones (which nothing but masked consumers reads). A reduction over channel axes (a
+      normalisation's mean written out with ReduceMean / ReduceSum..., ConvNeXt-V2's mean over
+      channels) reads the ``Gather`` of its kept channels: ``mean_K`` instead of ``mean_C``.
+      Normalisations whose groups are removed whole (GroupNormalization, InstanceNormalization)
+      keep their function and are left as they are.
+    """
     model = onnx.ModelProto()
     model.CopyFrom(loaded.model)
     types = _elem_types(model)
     shapes = loaded.shapes
     nodes = {n.name: n for n in model.graph.node}
     insert_before: dict[str, list[onnx.NodeProto]] = {}
+    insert_after: dict[str, list[onnx.NodeProto]] = {}
     for k, consumer in enumerate(analysis.consumers):
         lab = analysis.labels.get(consumer.tensor)
         if lab is None:
@@ -70,14 +86,115 @@ def masked_reference(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.nd
         mul = onnx.helper.make_node("Mul", [consumer.tensor, mask_name], [masked_name], name=f"halp_mask_mul_{k}")
         insert_before.setdefault(consumer.node, []).append(mul)
         nodes[consumer.node].input[consumer.input_index] = masked_name
-    if insert_before:
+    _normalise_kept(model, loaded, analysis, kept, types, insert_before, insert_after)
+    if insert_before or insert_after:
         ordered = []
         for node in model.graph.node:
             ordered.extend(insert_before.get(node.name, []))
             ordered.append(node)
+            ordered.extend(insert_after.get(node.name, []))
         del model.graph.node[:]
         model.graph.node.extend(ordered)
     return model
+
+
+def _kept_positions(analysis: ChannelAnalysis, kept: np.ndarray, tensor: str, axes: set[int]) -> dict[int, np.ndarray]:
+    """Per channel axis of ``tensor`` among ``axes`` that loses positions: the kept positions."""
+    lab = analysis.labels.get(tensor)
+    if lab is None:
+        return {}
+    mask = np.where(lab.ids >= 0, kept[np.maximum(lab.ids, 0)], True)
+    out = {}
+    for k, ax in enumerate(lab.axes):
+        other = tuple(i for i in range(mask.ndim) if i != k)
+        along = mask.any(axis=other) if other else mask
+        if ax in axes and not along.all():
+            out[ax] = np.nonzero(along)[0].astype(np.int64)
+    return out
+
+
+def _reduced_axes(node: onnx.NodeProto, loaded: LoadedModel, rank: int) -> set[int]:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = loaded.constants.get(node.input[1])
+    if axes is None or not len(axes):
+        return set() if attrs.get("noop_with_empty_axes", 0) else set(range(rank))
+    return {int(a) + rank if int(a) < 0 else int(a) for a in np.asarray(axes).reshape(-1)}
+
+
+def _normalise_kept(model: onnx.ModelProto, loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.ndarray,
+                    types: dict[str, int], before: dict[str, list[onnx.NodeProto]],
+                    after: dict[str, list[onnx.NodeProto]]) -> None:
+    """Normalisations and reductions over channels run over the kept channels (see masked_reference)."""
+    shapes, graph = loaded.shapes, model.graph
+    count = 0
+
+    def const(value: np.ndarray, base: str) -> str:
+        name = f"halp_norm_{count}_{base}"
+        graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+        return name
+
+    def gather(node: onnx.NodeProto, index: int, positions: dict[int, np.ndarray], shift: int = 0) -> None:
+        name = node.input[index]
+        for ax, idx in positions.items():
+            out = f"{name}__halp_kept_{count}_{index}_{ax}"
+            before.setdefault(node.name, []).append(onnx.helper.make_node(
+                "Gather", [name, const(idx, f"idx{index}_{ax}")], [out], axis=ax - shift,
+                name=f"halp_norm_gather_{count}_{index}_{ax}"))
+            name = out
+        node.input[index] = name
+
+    for node in graph.node:
+        if node.op_type != "LayerNormalization" and not node.op_type.startswith("Reduce"):
+            continue
+        x = node.input[0]
+        shape = shapes.get(x)
+        if shape is None or analysis.labels.get(x) is None:
+            continue
+        rank = len(shape)
+        if node.op_type.startswith("Reduce"):
+            positions = _kept_positions(analysis, kept, x, _reduced_axes(node, loaded, rank))
+            if positions and all(len(idx) for idx in positions.values()):  # else only removed values read it
+                gather(node, 0, positions)
+                count += 1
+            continue
+        axis = next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), -1)
+        axis = axis + rank if axis < 0 else axis
+        positions = _kept_positions(analysis, kept, x, set(range(axis, rank)))
+        if not positions or not all(len(idx) for idx in positions.values()):
+            continue  # nothing removed, or everything: its output is read by masked consumers only
+        gather(node, 0, positions)
+        for index in (1, 2):
+            param = node.input[index] if len(node.input) > index else ""
+            value = loaded.constants.get(param) if param else None
+            if value is None:
+                continue
+            off = rank - value.ndim
+            per_channel = {ax: idx for ax, idx in positions.items() if ax - off >= 0 and value.shape[ax - off] > 1}
+            if per_channel:
+                gather(node, index, per_channel, shift=off)
+        y = node.output[0]
+        current = f"{y}__halp_kept_{count}"
+        node.output[0] = current
+        cur_shape = list(shape)
+        for ax, idx in positions.items():
+            cur_shape[ax] = len(idx)
+        for ax, idx in reversed(list(positions.items())):
+            zero_shape = list(cur_shape)
+            zero_shape[ax] = 1
+            dtype = _NP_TYPES.get(types.get(x, onnx.TensorProto.FLOAT), np.float32)
+            back = np.full(shape[ax], len(idx), dtype=np.int64)
+            back[idx] = np.arange(len(idx))
+            padded, full = f"{current}_pad{ax}", (y if ax == next(iter(positions)) else f"{current}_full{ax}")
+            after.setdefault(node.name, []).extend([
+                onnx.helper.make_node("Concat", [current, const(np.zeros(zero_shape, dtype), f"zero{ax}")], [padded],
+                                      axis=ax, name=f"halp_norm_concat_{count}_{ax}"),
+                onnx.helper.make_node("Gather", [padded, const(back, f"back{ax}")], [full], axis=ax,
+                                      name=f"halp_norm_scatter_{count}_{ax}")])
+            current = full
+            cur_shape[ax] = shape[ax]
+        count += 1
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
