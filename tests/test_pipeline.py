@@ -162,3 +162,22 @@ def test_a_result_cut_off_from_its_inputs_is_refused():
     assert isinstance(given["selection"], Selection)
     ok = PIPELINE.run(first.config, given={**given, "verification": first["verification"]})
     assert ok.stages == ("guard",)
+
+
+def test_random_inputs_give_valid_varied_token_ids():
+    """Integer inputs that index an embedding table get random valid rows, so a BERT-style check is not
+    input-insensitive (zeros everywhere)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from halp_onnx.passes.verify import random_inputs
+
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32), "emb")
+    g = helper.make_graph([helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
+                           helper.make_node("Gather", ["emb", "ids64"], ["y"])], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT32, [2, 50])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table])
+    feeds = random_inputs(helper.make_model(g), np.random.default_rng(1))
+    ids = feeds["ids"]
+    assert ids.dtype == np.int32 and ids.min() >= 0 and ids.max() < 7 and len(np.unique(ids)) > 1
+    assert onnx.checker.check_model(helper.make_model(g)) is None

@@ -215,9 +215,34 @@ def random_inputs(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str,
         dtype = _NP_TYPES.get(vi.type.tensor_type.elem_type, np.float32)
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif np.issubdtype(dtype, np.integer) and vi.name in (bound := _index_bounds(model)):
+            # token ids and the like: random valid rows of every table they index (zeros would make the
+            # check input-insensitive)
+            feeds[vi.name] = rng.integers(0, max(bound[vi.name], 1), size=shape).astype(dtype)
         else:
             feeds[vi.name] = np.zeros(shape, dtype=dtype)
     return feeds
+
+
+def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph inputs used (directly, or through Cast) as Gather indices into constant tables: the smallest
+    table's row count, so random indices stay valid."""
+    consts = {i.name: list(i.dims) for i in model.graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast" and n.input and n.output}
+    bounds: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type != "Gather" or len(n.input) < 2 or n.input[0] not in consts:
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        dims = consts[n.input[0]]
+        if not dims:
+            continue
+        rows = int(dims[axis if axis >= 0 else axis + len(dims)])
+        src = n.input[1]
+        while src in alias:
+            src = alias[src]
+        bounds[src] = min(bounds.get(src, rows), rows)
+    return bounds
 
 
 def session(model: onnx.ModelProto):
