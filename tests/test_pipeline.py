@@ -167,7 +167,6 @@ def test_a_result_cut_off_from_its_inputs_is_refused():
 def test_random_inputs_give_valid_varied_token_ids():
     """Integer inputs that index an embedding table get random valid rows, so a BERT-style check is not
     input-insensitive (zeros everywhere)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from halp_onnx.passes.verify import random_inputs
@@ -180,4 +179,3 @@ def test_random_inputs_give_valid_varied_token_ids():
     feeds = random_inputs(helper.make_model(g), np.random.default_rng(1))
     ids = feeds["ids"]
     assert ids.dtype == np.int32 and ids.min() >= 0 and ids.max() < 7 and len(np.unique(ids)) > 1
-    assert onnx.checker.check_model(helper.make_model(g)) is None
