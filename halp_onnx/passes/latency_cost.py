@@ -10,12 +10,17 @@ approach) until the widths settle.
 
 Widths are multiples of the group's neuron-group size: the largest latency step (from the
 target's profile) among the blocks the group touches, kept between 8 and 64 choices per group; the dense width is always allowed, zero only where the rewrite can remove the branch.
+
+Choices are **monotone**: a width whose latency (every block the group touches, on either side,
+the other groups dense) exceeds that of a wider width is dropped, so the knapsack never picks a width
+that is slower than a wider one (a CPU layer whose width falls off the runtime's blocked kernels can
+cost more than the dense layer).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -96,12 +101,15 @@ def _side(analysis: ChannelAnalysis, tensor: str, dense: int, prunable: set[int]
 
 def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of, *, min_keep: float = 0.1,
                      allow_removal: bool = True, frozen: dict[int, str] | None = None,
-                     max_step_share: int = 8, max_choices: int = 64, round_to: int = 1) -> CostModel:
+                     max_step_share: int = 8, max_choices: int = 64, round_to: int = 1,
+                     block_ms: Callable[..., float] | None = None, monotone: bool = True) -> CostModel:
     """Attribute blocks to groups and list each prunable group's allowed widths.
 
     ``step_of(signature) -> int`` is the target's latency step for a block; ``frozen`` maps group ids
     to the reason they stay dense (first conv, user choice); ``round_to``: kept widths are multiples of it
-    (``--round-to``, as Torch-Pruning's ``round_to``), the dense width always allowed."""
+    (``--round-to``, as Torch-Pruning's ``round_to``), the dense width always allowed.
+    ``block_ms(signature, c_in, c_out)`` (default: the ``block_ms`` of the latency model ``step_of`` is a
+    method of) prices the widths for the monotone filter (``monotone``)."""
     frozen = dict(frozen or {})
     prunable = {g.id for g in analysis.prunable if g.id not in frozen}
     sizes = {g.id: g.size for g in analysis.groups}
@@ -132,7 +140,49 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
         if allow_removal and cg.removable:
             widths = [0] + widths
         choices[cg.id] = GroupChoices(cg.id, size, step, tuple(sorted(set(widths))))
-    return CostModel(tuple(costs), choices, sizes, frozen)
+    cm = CostModel(tuple(costs), choices, sizes, frozen)
+    if block_ms is None:
+        block_ms = getattr(getattr(step_of, "__self__", None), "block_ms", None)
+    if monotone and block_ms is not None:
+        cm = monotone_choices(cm, block_ms)
+    return cm
+
+
+def touch_costs(cm: CostModel, group: int, widths: dict[int, int], block_ms) -> np.ndarray:
+    """Latency (ms) of every block ``group`` touches (either side) at each of its allowed widths, the
+    other groups at ``widths``."""
+    ch = cm.choices[group]
+    row = np.zeros(len(ch.widths))
+    touching = [bc for bc in cm.blocks if group in bc.c_in.groups() or group in bc.c_out.groups()]
+    trial = dict(widths)
+    for j, w in enumerate(ch.widths):
+        trial[group] = w
+        for bc in touching:
+            ci, co = cm.block_widths(bc, trial)
+            row[j] += block_ms(bc.block.signature, ci, co) if co > 0 else 0.0
+    return row
+
+
+def monotone_choices(cm: CostModel, block_ms) -> CostModel:
+    """``cm`` with every width dropped whose latency (the other groups dense) exceeds a wider width's;
+    the dense width always stays."""
+    cache: dict = {}
+
+    def cached(sig, ci, co):
+        k = (sig, ci, co)
+        if k not in cache:
+            cache[k] = block_ms(sig, ci, co)
+        return cache[k]
+
+    dense = {g: ch.size for g, ch in cm.choices.items()}
+    out = {}
+    for g, ch in cm.choices.items():
+        cost = touch_costs(cm, g, dense, cached)
+        best_wider = np.minimum.accumulate(cost[::-1])[::-1]  # cheapest at this width or wider
+        keep = [w for j, w in enumerate(ch.widths)
+                if j == len(ch.widths) - 1 or cost[j] <= best_wider[j + 1] * (1 + 1e-9) + 1e-12]
+        out[g] = GroupChoices(ch.group, ch.size, ch.step, tuple(keep))
+    return CostModel(cm.blocks, out, cm.sizes, cm.frozen)
 
 
 def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[int, np.ndarray], float]:

@@ -77,8 +77,9 @@ class OrtCpuBackend:
         self._node_overhead: float | None = None
 
     block_time = "kernel"  # measure() gives the block's kernel time; runs pay overheads once
+    in_context = True  # whole-model runs with per-node times (profiles.incontext) fill the tables
 
-    def session(self, model: onnx.ModelProto, *, profile_prefix: str | None = None):
+    def session(self, model: onnx.ModelProto, *, profile_prefix: str | None = None, optimized_path: str | None = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -89,6 +90,8 @@ class OrtCpuBackend:
         if profile_prefix:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
+        if optimized_path:  # the graph as the optimiser left it (in-context attribution of its nodes)
+            so.optimized_model_filepath = optimized_path
         data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 

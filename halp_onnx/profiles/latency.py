@@ -5,6 +5,13 @@ the target's profile (measuring what is missing, with a progress bar, saving aft
 or the analytic roofline for a GPU that is not here (every figure then labelled *estimated*).
 :func:`predict` sums the blocks of a model at given widths: ``sum(block - overhead) + overhead``,
 because a one-block model pays the per-run overhead that a whole model pays once.
+
+On ort-cpu the missing tables are measured **in context** (:mod:`.incontext`): the user's model runs
+at a handful of width settings under onnxruntime's profiler and each block's table is fitted from its
+per-node times (:mod:`.fit`); only signatures no whole-model run can show (what is left of a block
+whose input branch was removed) are timed alone, and their tables say so (``isolated``). A profile
+of the same target from another CPU or onnxruntime is **transferred** (:mod:`.transfer`) with a short
+recalibration instead of re-measured from scratch; an exact match is reused as is.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ from ..passes.load import LoadedModel
 from . import analytic
 from .blocks import Block, block_widths, model_blocks, orphan_signatures
 from .signature import MEMORY_BOUND_OPS, BlockSignature
-from .store import Profile, find_profile, lock, profile_name, read_profile, write_profile, merge_tables
+from .store import (Profile, find_other_device, find_profile, lock, merge_tables, profile_name, read_profile,
+                    write_profile)
 from .table import LatencyTable, sample
 from .targets import Target, device_fingerprint, get_target, target_status
 
@@ -82,11 +90,13 @@ def domains(blocks: Sequence[Block], analysis: ChannelAnalysis) -> dict[str, Dom
     out: dict[str, Domain] = {}
     for b in blocks:
         sig = b.signature
-        diagonal = sig.op in MEMORY_BOUND_OPS or sig.is_depthwise
+        grouped = sig.groups.startswith("grouped")
+        # depthwise and grouped convs: pruning removes whole convolution groups, so both widths move together
+        diagonal = sig.op in MEMORY_BOUND_OPS or sig.is_depthwise or grouped
         d = Domain(b.c_in, b.c_out, _varies(analysis, b.in_tensor), _varies(analysis, b.out_tensor), diagonal,
-                   sig.channels_per_group or 1 if sig.groups.startswith("grouped") else 1)
+                   sig.channels_per_group or 1 if grouped else 1)
         if diagonal:
-            d = Domain(b.c_in, b.c_out, d.vary_out or d.vary_in, d.vary_out or d.vary_in, True, 1,
+            d = Domain(b.c_in, b.c_out, d.vary_out or d.vary_in, d.vary_out or d.vary_in, True, d.c_in_multiple,
                        sig.op in MEMORY_BOUND_OPS)
         key = sig.key()
         out[key] = out[key].grow(d) if key in out else d
@@ -131,25 +141,65 @@ class LatencyModel:
                        if self.profile is None or o.key() in self.profile.tables)
         if self.profile is None:
             return analytic.estimate_ms(sig, c_in, c_out, self._gpu_spec())
-        table = self.profile.tables.get(sig.key())
-        if table is None:
+        key = table_key(self.profile, sig, c_in)
+        if key is None:
             raise HalpError(f"profile {self.profile.name}: no table for block {sig.key()}; run "
                             f"halp-onnx profile MODEL --target {self.target.name}", stage=STAGE)
-        if self.profile.block_time == "kernel":
-            return max(table.lookup(c_in, c_out) + self.profile.node_overhead_ms, 0.0)
-        return max(table.lookup(c_in, c_out) - self.overhead_ms, 0.0)
+        table = self.profile.tables[key]
+        alias = BlockSignature.from_key(key) if key != sig.key() else sig
+        return max(raw_block_ms(self.profile, alias, c_in, c_out) * self.scale(alias, table), 0.0)
+
+    def scale(self, sig: BlockSignature, table) -> float:
+        """The recalibration factor of a transferred table (1 for tables measured here)."""
+        if self.profile is None or not table.transferred or not self.profile.transfer:
+            return 1.0
+        from .transfer import op_class
+
+        return float(self.profile.transfer.get("scales", {}).get(op_class(sig), 1.0))
 
     def is_measured(self, sig: BlockSignature, c_in: int, c_out: int) -> bool:
         if self.profile is None:
             return False
-        table = self.profile.tables.get(sig.key())
+        key = table_key(self.profile, sig, c_in)
+        table = self.profile.tables.get(key) if key is not None else None
         return bool(table and table.is_measured(c_in, c_out))
 
     def step(self, sig: BlockSignature) -> int:
         if self.profile is None:
             return analytic.step_size(sig, self._gpu_spec())
-        table = self.profile.tables.get(sig.key())
+        key = table_key(self.profile, sig, 0)
+        table = self.profile.tables.get(key) if key is not None else None
         return table.step if table is not None else 1
+
+
+def grouped_alias(sig: BlockSignature, c_in: int) -> BlockSignature | None:
+    """The grouped signature a dense convolution of ``c_in`` inputs is at one group: a grouped conv
+    (ResNeXt, RegNet) pruned to a single group is written as a plain conv, priced by its grouped table."""
+    if sig.op != "Conv" or sig.groups != "dense" or c_in <= 0:
+        return None
+    d = sig.to_dict()
+    d["groups"] = f"grouped:{c_in}"
+    return BlockSignature.from_dict(d)
+
+
+def table_key(profile: Profile, sig: BlockSignature, c_in: int) -> str | None:
+    """The key of the table that prices ``sig`` at ``c_in`` inputs: its own, else its grouped alias."""
+    if sig.key() in profile.tables:
+        return sig.key()
+    alias = grouped_alias(sig, c_in)
+    return alias.key() if alias is not None and alias.key() in profile.tables else None
+
+
+def raw_block_ms(profile: Profile, sig: BlockSignature, c_in: int, c_out: int) -> float:
+    """A block's ms from ``profile``'s table, before any recalibration: an in-context table's value as
+    it is (it holds the per-node costs of a real run); a one-block kernel time plus the per-block
+    correction; a one-block run time less the per-run overhead it paid."""
+    table = profile.tables[sig.key()]
+    if table.fit:
+        return table.lookup(c_in, c_out)
+    if profile.block_time == "kernel":
+        return table.lookup(c_in, c_out) + profile.node_overhead_ms
+    return table.lookup(c_in, c_out) - profile.overhead_ms
 
 
 @dataclass(frozen=True)
@@ -210,11 +260,22 @@ class ProfileRun:
     reused_points: int
     seconds: float
     warnings: tuple[str, ...] = field(default=())
+    incontext_runs: int = 0  # whole-model runs measured in context for this model
+    isolated_signatures: int = 0  # signatures timed alone (no whole-model run could show them)
+
+    @property
+    def source(self) -> str:
+        """``"estimated"``, ``"transferred"`` (recalibrated from another device / runtime) or ``"measured"``."""
+        prof = self.model.profile
+        return "estimated" if self.model.estimated else (prof.source if prof is not None else "measured")
 
     def to_dict(self) -> dict:
+        prof = self.model.profile
         return {"target": self.model.target.name, "label": self.model.label, "path": self.path,
                 "signatures": self.signatures, "new_points": self.new_points, "reused_points": self.reused_points,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "source": self.source,
+                "transfer": dict(prof.transfer) if prof is not None and prof.transfer else None,
+                "incontext_runs": self.incontext_runs, "isolated_signatures": self.isolated_signatures}
 
 
 def _progress(enabled: bool):
@@ -273,69 +334,174 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
 
     name = profile_name(t.name, threads=threads, batch=t.batch)
     fp = profile_fingerprint(t, threads=threads)
+    notes: list[str] = []
     if profile_path is not None:
         from pathlib import Path
 
         path = Path(profile_path)
         prof = read_profile(path) if path.is_file() else None
     else:
-        prof, path = find_profile(name, fp)
+        prof, path = find_profile(name, fp, warn=not _transferable(t, backend, measure, remeasure))
+    if prof is None and profile_path is None and _transferable(t, backend, measure, remeasure):
+        src, src_path = find_other_device(name, fp)
+        if src is not None:
+            backend = backend if backend is not None else _backend(t, threads)
+            from .transfer import transfer
+
+            prof = transfer(src, str(src_path), loaded, analysis, blocks, backend, fp, block_ms=raw_block_ms)
+            with lock(path):
+                write_profile(prof, path)
     if prof is None or remeasure:
         prof = Profile(name=name, target=t.name, precision=t.precision, batch=t.batch, threads=threads,
                        estimated=False, fingerprint=fp)
+    if prof.transfer:
+        from .transfer import describe
+
+        notes.append(describe(prof))
     doms = domains(blocks, analysis)
-    todo = {k: d for k, d in doms.items()
-            if remeasure or k not in prof.tables
-            or not prof.tables[k].covers(d.c_in_max, d.c_out_max, d.vary_in, d.vary_out)}
+    todo = {k: d for k, d in doms.items() if remeasure or not _covered(prof, k, d)}
     reused = sum(len(prof.tables[k].points) for k in doms if k in prof.tables)
-    new = 0
+    new = runs = isolated = 0
     if todo:
         if not measure:
             raise HalpError(f"--target {t.name}: the profile lacks {len(todo)} block signature(s) and measuring "
                             "is off", stage=STAGE)
-        if backend is None:
-            from .backends import get_backend
-
-            backend = get_backend(t, threads=threads)
+        backend = backend if backend is not None else _backend(t, threads)
         if not prof.overhead_ms or remeasure:
             prof.overhead_ms = backend.run_overhead_ms()
             prof.block_time = getattr(backend, "block_time", "run")
             prof.node_overhead_ms = backend.node_overhead_ms() if prof.block_time == "kernel" else 0.0
         with _progress(progress) as bar:
-            task = bar.add_task("", total=sum(_expected_points(d) for d in todo.values())) if bar else None
-            done_expected = 0
-            for i, (key, d) in enumerate(sorted(todo.items())):
-                sig = BlockSignature.from_key(key)
-                old = prof.tables.get(key)
-                table = d.table()
-                if old is not None and not remeasure:
-                    table.points.update(old.points)
-                before = len(table.points)
-                if bar:
-                    bar.update(task, description=f"{sig.op} {'x'.join(map(str, sig.kernel)) or ''} "
-                                                 f"in={'x'.join(map(str, sig.in_hw))} ({i + 1}/{len(todo)})")
-
-                def tick():
-                    if bar:
-                        bar.advance(task)
-
-                dense = tuple(sorted({(b.c_in, b.c_out) for b in blocks if b.signature.key() == key}))
-
-                def measure_point(ci: int, co: int, s: BlockSignature = sig) -> float:
-                    return backend.measure(s, ci, co)
-
-                sample(table, measure_point, on_point=tick, extra=dense)
-                new += len(table.points) - before
-                prof.tables[key] = table
-                done_expected += _expected_points(d)
-                if bar:
-                    bar.update(task, completed=done_expected)
-                with lock(path):  # another profiler may have saved meanwhile: keep its points too
-                    if path.is_file():
-                        try:
-                            merge_tables(prof, read_profile(path)) if not remeasure else None
-                        except HalpError:
-                            pass
-                    write_profile(prof, path)
+            if getattr(backend, "in_context", False):
+                new, runs, todo = _measure_in_context(prof, path, loaded, analysis, blocks, backend, todo, bar,
+                                                      remeasure=remeasure)
+            isolated = len(todo)
+            new += _measure_isolated(prof, path, blocks, backend, todo, bar, remeasure=remeasure)
     return ProfileRun(LatencyModel(t, prof, path=path), str(path), len(doms), new, reused,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, tuple(notes), runs, isolated)
+
+
+def _covered(prof: Profile, key: str, d: Domain) -> bool:
+    table = prof.tables.get(key)
+    if table is None:  # a grouped conv left with one group: its grouped table at one group
+        alias = grouped_alias(BlockSignature.from_key(key), d.c_in_max)
+        table = prof.tables.get(alias.key()) if alias is not None else None
+        return table is not None and table.complete and table.c_in_max >= d.c_in_max and \
+            table.c_out_max >= d.c_out_max
+    return table.covers(d.c_in_max, d.c_out_max, d.vary_in, d.vary_out)
+
+
+def _backend(t: Target, threads: int):
+    from .backends import get_backend
+
+    return get_backend(t, threads=threads)
+
+
+def _transferable(t: Target, backend, measure: bool, remeasure: bool) -> bool:
+    """A profile of another device may be recalibrated here: ort-cpu, measuring allowed, a backend that
+    measures in context (the real one unless a test gave another)."""
+    return (t.backend == "ort-cpu" and bool(measure) and not remeasure
+            and (backend is None or bool(getattr(backend, "in_context", False))))
+
+
+def _save(prof: Profile, path, remeasure: bool) -> None:
+    with lock(path):  # another profiler may have saved meanwhile: keep its points too
+        if path.is_file() and not remeasure:
+            try:
+                merge_tables(prof, read_profile(path))
+            except HalpError:
+                pass
+        write_profile(prof, path)
+
+
+def _measure_in_context(prof: Profile, path, loaded: LoadedModel, analysis: ChannelAnalysis,
+                        blocks: Sequence[Block], backend, todo: dict[str, Domain], bar, *, remeasure: bool
+                        ) -> tuple[int, int, dict[str, Domain]]:
+    """Fit the tables of ``todo`` from whole-model runs of this model; returns (points, runs, what is
+    left for one-block timing)."""
+    from . import incontext as ic
+    from .fit import LayoutRule, probe_rule
+
+    if not set(todo) & {b.signature.key() for b in blocks}:  # only what no whole-model run shows
+        return 0, 0, todo
+    rule = LayoutRule.from_dict(prof.layout) if prof.layout and not remeasure else probe_rule()
+    prof.layout = rule.to_dict()
+    task = bar.add_task("whole-model runs in context", total=None) if bar else None
+    obs, _ = ic.observe(loaded, analysis, blocks, backend, ic.width_settings(analysis, blocks, 1, block=rule.block),
+                        runs=3)
+    dense_ms = max(sum(o.ms for o in obs), 1e-3)
+    n, runs = ic.plan(dense_ms)
+    settings = ic.width_settings(analysis, blocks, n, block=rule.block)
+    if bar:
+        bar.update(task, total=n)
+    if not prof.incontext_node_ms or remeasure:
+        calib = [loaded.model]
+        for w in settings[1:3]:
+            try:
+                calib.append(ic.variant(loaded, analysis, w)[0])
+            except HalpError:  # a width the rewrite refuses (observe leaves it out too)
+                pass
+        prof.incontext_node_ms = ic.node_cost(backend, calib, run_overhead_ms=prof.overhead_ms,
+                                              runs=max(runs, 8), fallback=prof.node_overhead_ms)
+    kw = dict(per_node_ms=prof.incontext_node_ms)
+
+    def tick():
+        if bar:
+            bar.advance(task)
+
+    more, _ = ic.observe(loaded, analysis, blocks, backend, settings, runs=runs, on_setting=tick, **kw)
+    pts = ic.points_by_key(more)
+    new = 0
+    left: dict[str, Domain] = {}
+    for key, d in sorted(todo.items()):
+        got = {p: v for p, v in pts.get(key, {}).items() if p[0] <= d.c_in_max and p[1] <= d.c_out_max}
+        if not got:
+            left[key] = d
+            continue
+        table = d.table()
+        old = prof.tables.get(key)
+        if old is not None and not remeasure and old.fit:  # a larger domain: keep the earlier model's points
+            table.points.update({k: v for k, v in old.points.items() if old.sources.get(k) == "incontext"})
+            table.sources.update({k: "incontext" for k in table.points})
+        ic.fitted_table(table, BlockSignature.from_key(key), got, rule)
+        new += len(got)
+        prof.tables[key] = table
+    _save(prof, path, remeasure)
+    return new, n, left
+
+
+def _measure_isolated(prof: Profile, path, blocks: Sequence[Block], backend, todo: dict[str, Domain], bar, *,
+                      remeasure: bool) -> int:
+    """One-block timing of ``todo`` (staircase sampling, :mod:`.table`); returns the points measured."""
+    new = 0
+    task = bar.add_task("", total=sum(_expected_points(d) for d in todo.values())) if bar and todo else None
+    done_expected = 0
+    for i, (key, d) in enumerate(sorted(todo.items())):
+        sig = BlockSignature.from_key(key)
+        old = prof.tables.get(key)
+        table = d.table()
+        if old is not None and not remeasure and not old.fit:
+            table.points.update(old.points)
+        before = len(table.points)
+        if bar:
+            bar.update(task, description=f"{sig.op} {'x'.join(map(str, sig.kernel)) or ''} "
+                                         f"in={'x'.join(map(str, sig.in_hw))} ({i + 1}/{len(todo)}, alone)")
+
+        def tick():
+            if bar:
+                bar.advance(task)
+
+        dense = tuple(sorted({(b.c_in, b.c_out) for b in blocks if b.signature.key() == key}))
+
+        def measure_point(ci: int, co: int, s: BlockSignature = sig) -> float:
+            return backend.measure(s, ci, co)
+
+        sample(table, measure_point, on_point=tick, extra=dense)
+        table.sources.update({k: "isolated" for k in table.points})
+        new += len(table.points) - before
+        prof.tables[key] = table
+        done_expected += _expected_points(d)
+        if bar:
+            bar.update(task, completed=done_expected)
+        _save(prof, path, remeasure)
+    return new

@@ -7,6 +7,16 @@ as the package data of ``halp_onnx.hw_profiles`` (:data:`SHIPPED_DIR`);
 profiles a user measures go to the user cache directory (``$HALP_ONNX_PROFILE_DIR`` overrides it).
 Writes are atomic (temp file + rename) under a file lock, so two profilers of one target never
 corrupt the file; the profiler saves after every signature, so an interrupted run resumes.
+
+Schema versions (``"schema"`` in the file):
+
+* ``halp-onnx/profile@1``: every table point a one-block (*isolated*) timing.
+* ``halp-onnx/profile@2`` (written now; @1 files are still read, their points taken as isolated):
+  a table may be *fitted* from in-context measurements (``fit``: the layout classes and their
+  coefficients, ``sources``: ``"incontext"`` or ``"isolated"`` per point), the profile records the
+  runtime's NCHWc ``layout`` rule it was measured under, and a profile brought from another device or
+  runtime records its recalibration in ``transfer`` (source fingerprint, per-class scales, fitted
+  error; its tables carry ``transferred``).
 """
 from __future__ import annotations
 
@@ -23,7 +33,8 @@ from ..errors import HalpError
 from .table import LatencyTable
 
 STAGE = "profiles"
-SCHEMA = "halp-onnx/profile@1"
+SCHEMA = "halp-onnx/profile@2"
+READ_SCHEMAS = ("halp-onnx/profile@1", SCHEMA)
 
 
 def _shipped_dir() -> Path:
@@ -82,6 +93,14 @@ class Profile:
     tables: dict[str, LatencyTable] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
+    layout: dict[str, int] = field(default_factory=dict)  # the runtime's NCHWc rule (profiles.fit.LayoutRule)
+    incontext_node_ms: float = 0.0  # per onnxruntime node, added to its profiled kernel time in context
+    transfer: dict[str, Any] = field(default_factory=dict)  # set when brought from another device / runtime
+
+    @property
+    def source(self) -> str:
+        """``"transferred"`` (recalibrated from another device or runtime) or ``"measured"`` (here)."""
+        return "transferred" if self.transfer else "measured"
 
     def match_key(self) -> dict[str, Any]:
         return {k: self.fingerprint.get(k) for k in MATCH_KEYS}
@@ -91,11 +110,13 @@ class Profile:
                 "batch": self.batch, "threads": self.threads, "estimated": self.estimated,
                 "fingerprint": self.fingerprint, "overhead_ms": self.overhead_ms,
                 "node_overhead_ms": self.node_overhead_ms, "block_time": self.block_time, "created": self.created,
-                "updated": self.updated, "tables": {k: t.to_dict() for k, t in sorted(self.tables.items())}}
+                "updated": self.updated, "layout": dict(self.layout), "incontext_node_ms": self.incontext_node_ms,
+                "transfer": dict(self.transfer),
+                "tables": {k: t.to_dict() for k, t in sorted(self.tables.items())}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<profile>") -> Profile:
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        if not isinstance(data, dict) or data.get("schema") not in READ_SCHEMAS:
             got = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise HalpError(f"{source}: not a halp-onnx profile of schema {SCHEMA} (found {got!r})", stage=STAGE)
         try:
@@ -105,7 +126,10 @@ class Profile:
                        fingerprint=dict(data["fingerprint"]), overhead_ms=float(data["overhead_ms"]),
                        node_overhead_ms=float(data.get("node_overhead_ms", 0.0)),
                        block_time=str(data.get("block_time", "run")), tables=tables,
-                       created=data.get("created", ""), updated=data.get("updated", ""))
+                       created=data.get("created", ""), updated=data.get("updated", ""),
+                       layout={str(k): int(v) for k, v in dict(data.get("layout") or {}).items()},
+                       incontext_node_ms=float(data.get("incontext_node_ms", 0.0)),
+                       transfer=dict(data.get("transfer") or {}))
         except (KeyError, TypeError, ValueError, HalpError) as exc:
             raise HalpError(f"{source}: malformed profile ({exc})", stage=STAGE) from None
 
@@ -201,9 +225,14 @@ def merge_tables(into: Profile, other: Profile) -> None:
         mine = into.tables.get(key)
         if mine is None:
             into.tables[key] = table
+        elif mine.fit and mine.complete:  # a fitted table is whole: points of another kind are not merged in
+            continue
         else:
             for k, v in table.points.items():
-                mine.points.setdefault(k, v)
+                if k not in mine.points:
+                    mine.points[k] = v
+                    if k in table.sources:
+                        mine.sources[k] = table.sources[k]
             if table.complete and not mine.complete and (table.c_in_max, table.c_out_max) == (mine.c_in_max,
                                                                                                mine.c_out_max):
                 into.tables[key] = table
@@ -229,3 +258,22 @@ def find_profile(name: str, fingerprint: dict[str, Any], *, shipped_dir: Path | 
             warnings.warn(f"{path}: profile measured on another device or runtime ({what}); not used, "
                           "re-measuring", stacklevel=2)
     return None, user_path
+
+
+def find_other_device(name: str, fingerprint: dict[str, Any], *, shipped_dir: Path | None = None
+                      ) -> tuple[Profile | None, Path | None]:
+    """A profile called ``name`` of the same target, precision, batch and threads measured on another CPU
+    or runtime (the user's first, then the shipped one): what :mod:`.transfer` recalibrates here."""
+    same = ("precision", "batch", "threads", "gpu_name", "tensorrt", "torch", "driver")
+    for path in (user_dir() / f"{name}.json", (shipped_dir or SHIPPED_DIR) / f"{name}.json"):
+        if not path.is_file():
+            continue
+        try:
+            prof = read_profile(path)
+        except HalpError:
+            continue
+        have = prof.match_key()
+        if prof.estimated or not prof.tables or any(have.get(k) != fingerprint.get(k) for k in same):
+            continue
+        return prof, path
+    return None, None

@@ -15,6 +15,11 @@ already measured (so an interrupted profile resumes and a second model re-uses t
 4. **Misaligned widths**: the ratio of a width to its step-aligned ceiling is taken from the scan
    window (``c_out``) and from a few measured points (``c_in``) per residue modulo the step.
 
+That is the *isolated* table (each point a one-block model, ``sources`` ``"isolated"``). A table
+fitted from in-context measurements (:mod:`.incontext`, :mod:`.fit`) keeps its measured points with
+source ``"incontext"`` and a ``fit`` (per layout class, a linear model in the widths padded to the
+runtime's channel block) that :meth:`LatencyTable.lookup` evaluates instead of interpolating.
+
 :meth:`LatencyTable.lookup` returns ms for any ``(c_in, c_out)`` in range; every point used is
 either measured (kept in ``points``) or interpolated from them (:meth:`LatencyTable.is_measured`).
 """
@@ -66,6 +71,18 @@ class LatencyTable:
     ratio_out: dict[int, float] = field(default_factory=dict)
     points: dict[str, float] = field(default_factory=dict)
     complete: bool = False
+    sources: dict[str, str] = field(default_factory=dict)  # point key -> "incontext" | "isolated" (default)
+    fit: dict[str, Any] = field(default_factory=dict)  # in-context model (profiles.fit); empty: interpolate
+    transferred: bool = False  # measured on another device / runtime, scaled by the profile's recalibration
+
+    @property
+    def source(self) -> str:
+        """``"incontext"`` for a table fitted from whole-model runs, ``"isolated"`` for one-block timing."""
+        return "incontext" if self.fit else "isolated"
+
+    def point_source(self, c_in: int, c_out: int) -> str | None:
+        k = _key(c_in, c_out)
+        return self.sources.get(k, "isolated") if k in self.points else None
 
     # ------------------------------------------------------------------ lookup
     def _t(self, ci: int, co: int) -> float:
@@ -115,6 +132,10 @@ class LatencyTable:
         if c_in <= 0 or c_out <= 0:
             return 0.0
         c_in, c_out = min(c_in, self.c_in_max), min(c_out, self.c_out_max)
+        if self.fit:
+            from .fit import evaluate
+
+            return evaluate(self.fit, c_in, c_out)
         if _key(c_in, c_out) in self.points:
             return self.points[_key(c_in, c_out)]
         s = self.step
@@ -237,6 +258,16 @@ def sample(table: LatencyTable, measure: Measure, *, on_point: Callable[[], None
     ci_max, co_max = table.c_in_max, table.c_out_max
     for ci, co in extra:
         t(ci, co)
+    if table.diagonal and table.c_in_multiple > 1:  # grouped conv: whole convolution groups only
+        unit = max(co_max // max(ci_max // table.c_in_multiple, 1), 1)
+        table.step = unit
+        line = sorted({unit * k for k in range(1, co_max // unit + 1)
+                       if k in (1, co_max // unit) or k % max(1, (co_max // unit) // 4) == 0})
+        for c in line:
+            t(table.diag_in(c), c)
+        table.line_out, table.grid_in, table.grid_out = line, [], list(line)
+        table.complete = True
+        return table
     if table.diagonal:
         d = table.diag_in
         window = 0 if table.smooth else SCAN

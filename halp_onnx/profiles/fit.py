@@ -1,0 +1,221 @@
+"""Fitted latency tables: a signature's in-context times as a function of its widths, on the runtime's steps.
+
+onnxruntime's CPU provider runs a 2-D convolution on its blocked NCHWc kernels when the widths allow
+it and on the plain NCHW path (im2col + GEMM) otherwise; on the blocked kernels the channels are padded
+to the block (16 floats with AVX-512, 8 with AVX2), so the time is a staircase of step *block* in both
+widths, and a width that falls off the blocked kernels can cost more than the dense one. The
+:class:`LayoutRule` says which widths take which path; it is *seen*, not assumed: :func:`probe_rule`
+asks the graph optimiser what it does to small convolutions of each width (onnxruntime 1.32 takes an
+input width that is a multiple of 4 and pads it; older releases needed a multiple of the block).
+
+A fitted table is, per layout class, a small linear model in the padded widths
+(``1, c_in, c_out, c_in * c_out`` for a GEMM-like block; ``1, c`` where both widths move together),
+fitted by least squares on relative error to the measured points. Whether the staircase is really
+there is decided by the data too: the model on widths padded to the block is kept only where it fits
+the measurements better than the one on raw widths (``quant``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .signature import MEMORY_BOUND_OPS, BlockSignature
+
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+MIN_MS = 1e-4
+
+
+@dataclass(frozen=True)
+class LayoutRule:
+    """When onnxruntime runs a convolution on its NCHWc kernels (widths padded to ``block``)."""
+
+    block: int = 1  # 1: never
+    in_multiple: int = 1  # a dense conv's c_in >= block must be a multiple of this
+    depthwise_multiple: int = 1
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "LayoutRule":
+        d = d or {}
+        return cls(int(d.get("block", 1)), int(d.get("in_multiple", 1)), int(d.get("depthwise_multiple", 1)))
+
+
+def _converted(ci: int, co: int, group: int) -> bool:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((co, ci // group, 3, 3), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1], group=group)],
+                          "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ci, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, co, 6, 6])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    with tempfile.TemporaryDirectory(prefix="halp-nchwc-") as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.optimized_model_filepath = os.path.join(tmp, "o.onnx")
+        ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(so.optimized_model_filepath)
+    return any(n.domain == NCHWC_DOMAIN and n.op_type == "Conv" for n in opt.graph.node)
+
+
+def probe_rule() -> LayoutRule:
+    """The :class:`LayoutRule` of the onnxruntime here, from what its optimiser does to a few
+    single-convolution models (a few hundredths of a second each)."""
+    if not _converted(32, 32, 1):
+        return LayoutRule()  # no NCHWc kernels here
+    # below the block an NCHW input is read directly; the first odd width that is not converted
+    # lies just above it
+    odd = next((c for c in range(1, 66, 2) if not _converted(c, 16, 1)), None)
+    if odd is not None:
+        block = 1 << int(math.floor(math.log2(max(odd - 1, 1))))
+    else:  # every width converts: the depthwise kernels still need whole blocks
+        block = next((c for c in (4, 8, 16, 32) if _converted(c, c, c)), 1)
+    if block <= 1:
+        return LayoutRule()
+    in_multiple = next((q for q in (1, 2, 4, 8, 16) if q < block and _converted(block + q, block, 1)), block)
+    dw = next((q for q in (1, 2, 4, 8, 16) if q < block and _converted(block + q, block + q, block + q)), block)
+    return LayoutRule(block, in_multiple, dw)
+
+
+# ---------------------------------------------------------------------------------------- classes
+def kind_of(sig: BlockSignature) -> str:
+    if sig.op in MEMORY_BOUND_OPS:
+        return "memory"
+    if sig.op == "Conv" and len(sig.kernel) == 2:
+        if sig.groups == "dense":
+            return "conv"
+        if sig.is_depthwise:
+            return "depthwise"
+        return "grouped"
+    return "gemm"
+
+
+def diagonal_kind(kind: str) -> bool:
+    return kind in ("memory", "depthwise", "grouped")
+
+
+def _pad(c: int, q: int) -> int:
+    return q * math.ceil(c / q) if q > 1 else c
+
+
+def layout_class(kind: str, rule: LayoutRule, ci: int, co: int, cpg: int = 1) -> str:
+    """``"nchwc"`` (blocked kernels, widths padded), ``"direct"`` (blocked output, an NCHW input of fewer
+    channels than the block), ``"nchw"`` or ``"any"`` (no layout choice for this kind)."""
+    b = rule.block
+    if b <= 1 or kind in ("gemm", "memory"):
+        return "any"
+    if kind == "conv":
+        if ci < b:
+            return "direct"
+        return "nchwc" if ci % rule.in_multiple == 0 else "nchw"
+    if kind == "depthwise":
+        return "nchwc" if co % rule.depthwise_multiple == 0 else "nchw"
+    groups = max(ci // max(cpg, 1), 1)  # grouped: channels per group fixed
+    return "nchwc" if cpg % b == 0 and co % groups == 0 and (co // groups) % b == 0 else "nchw"
+
+
+def features(kind: str, cls: str, ci: int, co: int, quant: int) -> np.ndarray:
+    """The regressors of one point: padded widths on the blocked kernels when ``quant`` > 1."""
+    if kind == "memory":  # blocked (padded) where its neighbours are, plain elsewhere: both regressors
+        return np.array([1.0, float(co), float(_pad(co, quant))])
+    q = quant if cls in ("nchwc", "direct") else 1
+    pi = _pad(ci, q) if cls == "nchwc" else ci
+    po = _pad(co, q)
+    if diagonal_kind(kind):
+        return np.array([1.0, float(po)])
+    return np.array([1.0, float(pi), float(po), float(pi) * float(po)])
+
+
+# ---------------------------------------------------------------------------------------- fitting
+def _solve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares on relative error; returns coefficients and the RMS relative residual."""
+    w = 1.0 / np.maximum(y, MIN_MS)
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+    a = (x / scale) * w[:, None]
+    coef, *_ = np.linalg.lstsq(a, y * w, rcond=1e-9)
+    coef = coef / scale
+    pred = np.maximum(x @ coef, MIN_MS)
+    return coef, float(np.sqrt(np.mean(((pred - y) / np.maximum(y, MIN_MS)) ** 2)))
+
+
+def _fit_class(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: int) -> tuple[list[float], float]:
+    x = np.stack([features(kind, cls, ci, co, quant) for ci, co, _ in pts])
+    y = np.asarray([t for _, _, t in pts])
+    distinct = len({(ci, co) for ci, co, _ in pts})
+    if distinct < 2 or distinct < x.shape[1] - 1:  # too few to fit a line: proportional to the work
+        work = x[:, -1]
+        k = float(np.sum(y * work) / max(np.sum(work * work), 1e-30))
+        coef = np.zeros(x.shape[1])
+        coef[-1] = k
+        pred = np.maximum(x @ coef, MIN_MS)
+        return coef.tolist(), float(np.sqrt(np.mean(((pred - y) / np.maximum(y, MIN_MS)) ** 2)))
+    coef, err = _solve(x, y)
+    return coef.tolist(), err
+
+
+def fit_points(sig: BlockSignature, points: Mapping[tuple[int, int], float], rule: LayoutRule) -> dict[str, Any]:
+    """The fitted model of one signature from measured ``(c_in, c_out) -> ms`` points."""
+    kind = kind_of(sig)
+    cpg = sig.channels_per_group or 1
+    by_cls: dict[str, list[tuple[int, int, float]]] = {}
+    for (ci, co), t in points.items():
+        by_cls.setdefault(layout_class(kind, rule, ci, co, cpg), []).append((ci, co, float(t)))
+    fits: dict[int, dict[str, Any]] = {}
+    rms: dict[int, float] = {}
+    for q in sorted({1, rule.block}):
+        classes: dict[str, Any] = {}
+        errs, n = 0.0, 0
+        for cls, pts in by_cls.items():
+            coef, err = _fit_class(kind, cls, pts, q)
+            classes[cls] = {"coef": coef, "rms": err, "n": len(pts)}
+            errs += err * err * len(pts)
+            n += len(pts)
+        rms[q] = math.sqrt(errs / max(n, 1))
+        fits[q] = {"kind": kind, "quant": q, "rule": rule.to_dict(), "cpg": cpg, "classes": classes, "rms": rms[q]}
+    # the blocked kernels pad to the block (the probed rule); ``staircase_seen``: the padded model fits
+    # these measurements at least as well as one on raw widths
+    q = max(fits)
+    best = dict(fits[q])
+    best["rms_raw"] = rms[1]
+    best["staircase_seen"] = bool(rule.block > 1 and rms[q] <= rms[1] * 1.02)
+    return best
+
+
+def evaluate(fit: Mapping[str, Any], ci: int, co: int) -> float:
+    """ms at ``(c_in, c_out)`` from a fitted model (a class without points borrows a neighbour's)."""
+    kind = fit["kind"]
+    rule = LayoutRule.from_dict(fit.get("rule"))
+    cls = layout_class(kind, rule, ci, co, int(fit.get("cpg", 1)))
+    classes = fit["classes"]
+    if cls not in classes:
+        order = {"nchwc": ("direct", "nchw", "any"), "direct": ("nchwc", "nchw", "any"),
+                 "nchw": ("nchwc", "direct", "any"), "any": ("nchwc", "nchw", "direct")}[cls]
+        cls_use = next((c for c in order if c in classes), next(iter(classes)))
+    else:
+        cls_use = cls
+    # a class never measured borrows a neighbour's coefficients on its own regressors (an NCHW input of
+    # fewer channels than the block is not padded)
+    x = features(kind, cls, ci, co, int(fit.get("quant", 1)))
+    return max(float(x @ np.asarray(classes[cls_use]["coef"])), MIN_MS)
+
+
+def fit_step(fit: Mapping[str, Any], ci_max: int, co_max: int) -> int:
+    """The neuron-group size the runtime's kernels ask for at the dense widths: the padding step where
+    the dense block runs on the blocked kernels and the staircase was seen, else 1."""
+    if fit["kind"] == "grouped":  # whole convolution groups: the output channels of one group
+        return max(co_max // max(ci_max // max(int(fit.get("cpg", 1)), 1), 1), 1)
+    rule = LayoutRule.from_dict(fit.get("rule"))
+    q = int(fit.get("quant", 1))
+    if q <= 1 or not fit.get("staircase_seen", True):
+        return 1
+    cls = layout_class(fit["kind"], rule, ci_max, co_max, int(fit.get("cpg", 1)))
+    return q if cls in ("nchwc", "direct") or fit["kind"] == "memory" else 1

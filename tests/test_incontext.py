@@ -1,0 +1,297 @@
+"""In-context latency tables (ort-cpu): per-node events mapped back to blocks, fitted staircase tables,
+monotone width choices, grouped convolutions priced. Small models, short timing budgets, no assertion
+on a measured time."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from halp_onnx.api import inspect
+from halp_onnx.examples import example
+from halp_onnx.passes.latency_cost import build_cost_model, touch_costs
+from halp_onnx.passes.select import channel_scores, keep_by_ratio
+from halp_onnx.profiles import incontext as ic
+from halp_onnx.profiles import store
+from halp_onnx.profiles.block_model import block_feeds, block_model
+from halp_onnx.profiles.blocks import Block, block_widths, model_blocks
+from halp_onnx.profiles.fit import LayoutRule, evaluate, fit_points, fit_step, layout_class, probe_rule
+from halp_onnx.profiles.latency import domains, latency_model, predict
+from halp_onnx.profiles.signature import BlockSignature
+
+CONV = BlockSignature(op="Conv", kernel=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), groups="dense",
+                      in_hw=(8, 8), batch=1, dtype="fp32", epilogue=("Relu",))
+RULE = LayoutRule(block=16, in_multiple=4, depthwise_multiple=4)
+
+
+@pytest.fixture(autouse=True)
+def profile_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HALP_ONNX_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setenv("HALP_ONNX_TIMING_BUDGET_S", "0.01")
+    monkeypatch.setattr(store, "SHIPPED_DIR", tmp_path / "no-shipped")  # no profile of another device
+    return tmp_path / "profiles"
+
+
+def pad(c: int, q: int = 16) -> int:
+    return q * math.ceil(c / q)
+
+
+# ---------------------------------------------------------------------------------------- events, mapping
+def _event(name: str, ts: int, dur: int, op: str = "Conv") -> dict:
+    return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "ph": "X", "args": {"op_name": op}}
+
+
+def _run(ts: int, dur: int) -> dict:
+    return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur, "ph": "X", "args": {}}
+
+
+def test_node_times_are_per_run_central_values_without_the_warm_up():
+    events = [_run(0, 100), _event("a", 1, 50), _event("b", 60, 10, "Relu")]  # warm-up run, skipped
+    for r in range(1, 6):
+        t0 = 1000 * r
+        events += [_run(t0, 100), _event("a", t0 + 1, 20 + r), _event("b", t0 + 40, 4, "Relu"),
+                   _event("b", t0 + 50, 1, "Relu")]  # a node that runs twice in a run: summed
+    events.append(_event("late", 99999, 7))  # outside every run
+    t = ic.node_times(events, skip=1)
+    assert set(t) == {"a", "b"}
+    assert t["a"] == pytest.approx(0.023, abs=1.5e-3) and t["b"] == pytest.approx(0.005)
+    sums, counts = ic.run_sums(events)
+    assert counts == [2, 3, 3, 3, 3, 3] and sums[1] == pytest.approx((21 + 5) / 1e3)
+
+
+def _conv(name, x, w, y, **kw):
+    return helper.make_node("Conv", [x, w], [y], name=name, **kw)
+
+
+def test_fused_nodes_and_layout_reorders_map_back_to_their_blocks():
+    """The optimised graph as onnxruntime writes it: an NCHWc conv named after the output of its fused
+    Relu, a FusedConv keeping its anchor's name, an unfused Add, and reorders between layouts."""
+    sig = CONV
+    blocks = [Block("conv_a", ("relu_a",), sig, "x", "ra", 16, 16),
+              Block("conv_b", ("add_b", "relu_b"), sig, "ra", "rb", 16, 18),
+              Block("conv_c", ("relu_c",), sig, "rb", "rc", 18, 16)]
+    original = helper.make_graph(
+        [_conv("conv_a", "x", "w", "ya"), helper.make_node("Relu", ["ya"], ["ra"], name="relu_a"),
+         _conv("conv_b", "ra", "w", "yb"), helper.make_node("Add", ["yb", "ra"], ["ab"], name="add_b"),
+         helper.make_node("Relu", ["ab"], ["rb"], name="relu_b"),
+         _conv("conv_c", "rb", "w", "yc"), helper.make_node("Relu", ["yc"], ["rc"], name="relu_c")],
+        "g", [], [])
+    n = "com.microsoft.nchwc"
+    optimized = helper.make_graph([
+        helper.make_node("ReorderInput", ["x"], ["t0"], name="ReorderInput", domain=n),
+        helper.make_node("Conv", ["t0", "w"], ["t1"], name="ra_nchwc", domain=n),
+        helper.make_node("ReorderOutput", ["t1"], ["ra"], name="ReorderOutput_token_3", domain=n),
+        helper.make_node("FusedConv", ["ra", "w"], ["yb"], name="conv_b", domain="com.microsoft"),
+        helper.make_node("Add", ["yb", "ra"], ["ab"], name="add_b"),
+        helper.make_node("Relu", ["ab"], ["rb"], name="relu_b"),
+        helper.make_node("ReorderInput", ["rb"], ["t2"], name="ReorderInput_token_7", domain=n),
+        helper.make_node("Conv", ["t2", "w"], ["t3"], name="rc_nchwc_token_9", domain=n),
+        helper.make_node("ReorderOutput", ["t3"], ["rc"], name="ReorderOutput", domain=n)], "o", [], [])
+    times = {"ReorderInput": 1.0, "ra_nchwc": 10.0, "ReorderOutput_token_3": 2.0, "conv_b": 20.0, "add_b": 3.0,
+             "relu_b": 4.0, "ReorderInput_token_7": 5.0, "rc_nchwc_token_9": 30.0, "ReorderOutput": 6.0}
+    bmap = ic.BlockMap(helper.make_model(original), blocks)
+    per, layout, lost = ic.attribute(times, helper.make_model(optimized), bmap, per_node_ms=0.5)
+    assert layout == {"conv_a": "nchwc", "conv_b": "nchw", "conv_c": "nchwc"}
+    # the input reorder has no block upstream: it goes to the conv it feeds; the reorder back to NCHW is the
+    # doing of the conv that reads NCHW (conv_b), and so is the reorder of its output back into NCHWc
+    assert per["conv_a"] == pytest.approx(1.0 + 10.0 + 2 * 0.5)
+    assert per["conv_b"] == pytest.approx(2.0 + 20.0 + 3.0 + 4.0 + 5.0 + 5 * 0.5)
+    assert per["conv_c"] == pytest.approx(30.0 + 6.0 + 2 * 0.5)
+    assert lost == 0.0
+    assert sum(per.values()) == pytest.approx(sum(times.values()) + 0.5 * len(times))
+
+
+def test_a_real_run_maps_every_node_and_the_layouts_follow_the_probed_rule():
+    from halp_onnx.profiles.backends import OrtCpuBackend
+
+    loaded, an = inspect(example("resnet"))
+    blocks = model_blocks(loaded, an)
+    rule = probe_rule()
+    be = OrtCpuBackend()
+    settings = ic.width_settings(an, blocks, 4, block=rule.block)
+    obs, records = ic.observe(loaded, an, blocks, be, settings, runs=2)
+    assert all(r["unattributed_ms"] == 0.0 for r in records)
+    convs = [o for o in obs if o.key.startswith("Conv")]
+    assert convs and all(o.ms > 0 for o in convs)  # every conv (NCHWc, FusedConv or plain) found by name
+    for o in convs:
+        sig = BlockSignature.from_key(o.key)
+        if sig.groups == "dense":
+            cls = layout_class("conv", rule, o.c_in, o.c_out)
+            assert (o.layout == "nchwc") == (cls in ("nchwc", "direct")), (o, rule)
+    if rule.block > 1:
+        assert {o.layout for o in convs} == {"nchwc", "nchw"}  # the settings reach both paths
+    # the whole-model kernel time is all attributed to blocks
+    for r in records:
+        got = sum(o.ms for o in obs if o.setting == r["setting"])
+        assert got == pytest.approx(r["kernel_ms"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- fitting
+def _staircase(ci: int, co: int) -> float:
+    """A synthetic CPU: blocked kernels pad both widths to 16; the NCHW path is slower per MAC."""
+    cls = layout_class("conv", RULE, ci, co)
+    if cls == "nchwc":
+        return 0.004 + 2e-5 * pad(ci) * pad(co)
+    if cls == "direct":
+        return 0.003 + 3e-5 * ci * pad(co)
+    return 0.006 + 5e-5 * ci * co
+
+
+def test_fit_recovers_the_staircase_and_its_step():
+    rng = np.random.default_rng(0)
+    pts = {}
+    for _ in range(60):
+        ci, co = int(rng.integers(4, 65)), int(rng.integers(4, 65))
+        pts[(ci, co)] = _staircase(ci, co) * (1 + 0.01 * rng.standard_normal())
+    fit = fit_points(CONV, pts, RULE)
+    assert fit["quant"] == 16 and fit["staircase_seen"]
+    assert set(fit["classes"]) == {"nchwc", "direct", "nchw"}
+    for ci, co in ((64, 64), (48, 40), (20, 33), (63, 63), (7, 50), (33, 9)):
+        assert evaluate(fit, ci, co) == pytest.approx(_staircase(ci, co), rel=0.05)
+    # a width that falls off the blocked kernels costs more than the dense one, and the fit says so
+    assert evaluate(fit, 63, 64) > evaluate(fit, 64, 64)
+    assert fit_step(fit, 64, 64) == 16
+    json.dumps(fit)  # stored in the profile as is
+
+
+def test_fitted_table_round_trips_with_point_sources():
+    from halp_onnx.profiles.table import LatencyTable
+
+    t = LatencyTable(64, 64, True, True, False)
+    ic.fitted_table(t, CONV, {(64, 64): 1.0, (32, 64): 0.55, (64, 32): 0.5, (32, 32): 0.3, (16, 16): 0.1}, RULE)
+    back = LatencyTable.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert back.source == "incontext" and back.point_source(32, 32) == "incontext"
+    assert back.point_source(5, 5) is None
+    assert back.lookup(48, 48) == pytest.approx(t.lookup(48, 48))
+    assert back.covers(64, 64, True, True)
+
+
+# ---------------------------------------------------------------------------------------- profiling
+def test_in_context_profile_labels_every_table_and_point(profile_dir):
+    loaded, an = inspect(example("resnet"))
+    run = latency_model(loaded, an, "ort-cpu", measure=True)
+    prof = run.model.profile
+    data = json.loads((profile_dir / "ort-cpu.json").read_text())
+    assert data["schema"] == "halp-onnx/profile@2" and data["layout"]["block"] >= 1
+    assert run.incontext_runs >= 6 and run.source == "measured"
+    srcs = {k: t.source for k, t in prof.tables.items()}
+    assert "incontext" in srcs.values()
+    for k, t in prof.tables.items():
+        assert set(t.sources.values()) <= {"incontext", "isolated"}
+        assert all(t.point_source(*map(int, p.split(","))) in ("incontext", "isolated") for p in t.points)
+        if t.source == "isolated":  # only what no whole-model run shows: a removed branch's epilogue
+            assert k.startswith("Elementwise")
+    blocks = model_blocks(loaded, an)
+    assert all(prof.tables[b.signature.key()].source == "incontext" for b in blocks)
+    pred = predict(blocks, run.model)
+    kept = np.ones(len(an.channel_group), dtype=bool)
+    kept[::3] = False
+    assert 0 < predict(blocks, run.model, an, kept).total_ms < pred.total_ms * 1.5
+    warm = latency_model(loaded, an, "ort-cpu", measure=False)
+    assert warm.new_points == 0 and warm.incontext_runs == 0
+
+
+# ---------------------------------------------------------------------------------------- monotone choices
+class _Staircase:
+    """A latency model whose narrow widths of a 64-wide layer are slower than the dense one."""
+
+    def step(self, sig):
+        return 1
+
+    def block_ms(self, sig, ci, co):
+        return _staircase(ci, co)
+
+
+def test_choices_never_hold_a_width_slower_than_a_wider_one():
+    loaded, an = inspect(example("resnet"))
+    blocks = model_blocks(loaded, an)
+    lm = _Staircase()
+    plain = build_cost_model(an, blocks, lm.step, min_keep=0.0, monotone=False)
+    cm = build_cost_model(an, blocks, lm.step, min_keep=0.0)  # block_ms found on step's latency model
+    dense = {g: ch.size for g, ch in cm.choices.items()}
+    dropped = 0
+    for g, ch in cm.choices.items():
+        cost = touch_costs(cm, g, dense, lm.block_ms)
+        assert ch.widths[-1] == ch.size
+        assert np.all(np.diff(cost) >= -1e-12), (g, ch.widths, cost)
+        dropped += len(plain.choices[g].widths) - len(ch.widths)
+        assert set(ch.widths) <= set(plain.choices[g].widths)
+    assert dropped > 0
+
+
+# ---------------------------------------------------------------------------------------- grouped convs
+def _grouped_model(width: int = 4) -> onnx.ModelProto:
+    """stem conv -> grouped 3x3 conv (channels per group fixed) -> 1x1 conv -> pool -> gemm."""
+    rng = np.random.default_rng(0)
+    c = 32
+
+    def w(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu0"),
+             helper.make_node("Conv", ["ra", "w1"], ["b"], name="grouped", pads=[1, 1, 1, 1], group=c // width),
+             helper.make_node("Relu", ["b"], ["rb"], name="relu1"),
+             helper.make_node("Conv", ["rb", "w2"], ["cc"], name="proj"),
+             helper.make_node("Relu", ["cc"], ["rc"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["rc"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w3"], ["y"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "grouped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+                          [w("w0", c, 3, 3, 3), w("w1", c, width, 3, 3), w("w2", 24, c, 1, 1), w("w3", 10, 24)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_grouped_conv_signature_domain_and_block_model():
+    loaded, an = inspect(_grouped_model(4))
+    blocks = model_blocks(loaded, an)
+    gb = next(b for b in blocks if b.node == "grouped")
+    sig = gb.signature
+    assert sig.groups == "grouped:4" and sig.channels_per_group == 4
+    d = domains(blocks, an)[sig.key()]
+    assert d.diagonal and d.c_in_multiple == 4 and d.vary_out  # whole groups: both widths move together
+    for groups in (1, 3, 8):  # fewer groups, the same channels per group
+        m = block_model(sig, 4 * groups, 4 * groups)
+        onnx.checker.check_model(m, full_check=True)
+        conv = next(n for n in m.graph.node if n.op_type == "Conv")
+        assert next(a.i for a in conv.attribute if a.name == "group") == groups
+        import onnxruntime as ort
+
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, block_feeds(m))
+    # a ratio prune keeps whole convolution groups, and its widths are priced
+    keep = keep_by_ratio(an, channel_scores(loaded, an, "random", 0), 0.4)
+    from halp_onnx.passes.rewrite import kept_channels
+
+    kept = kept_channels(an, keep)
+    ci, co = block_widths(an, kept, gb)
+    assert ci == co and co % 4 == 0 and 0 < co < 32
+
+
+def test_grouped_convs_are_priced_in_context_and_alone(profile_dir):
+    loaded, an = inspect(_grouped_model(4))
+    run = latency_model(loaded, an, "ort-cpu", measure=True)
+    blocks = model_blocks(loaded, an)
+    gb = next(b for b in blocks if b.node == "grouped")
+    table = run.model.profile.tables[gb.signature.key()]
+    assert table.source == "incontext" and table.fit["kind"] == "grouped"
+    assert run.model.step(gb.signature) >= 1
+    keep = keep_by_ratio(an, channel_scores(loaded, an, "random", 0), 0.5)
+    from halp_onnx.passes.rewrite import kept_channels
+
+    kept = kept_channels(an, keep)
+    assert 0 < predict(blocks, run.model, an, kept).total_ms
+    # the one-block fallback samples whole groups only
+    from halp_onnx.profiles.table import sample
+
+    t = domains(blocks, an)[gb.signature.key()].table()
+    seen = []
+    sample(t, lambda ci, co: seen.append((ci, co)) or 0.01 * co)
+    assert seen and all(ci % 4 == 0 and ci == co for ci, co in seen) and t.step == 4
+    assert t.lookup(12, 12) == pytest.approx(0.12)
