@@ -43,10 +43,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=128, help="images per step per process (default 128)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.01 for sgd, 0.001 for adamw)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.01 for sgd, 0.003 for sgd on a graph "
+                                             "without BatchNormalization (BN folded), 0.001 for adamw)")
     p.add_argument("--weight-decay", type=float, help="default 1e-4 for sgd, 0.01 for adamw")
-    p.add_argument("--warmup-epochs", type=float, default=0.1, help="linear warm-up (default 0.1 epochs)")
-    p.add_argument("--clip-grad-norm", type=float, help="clip the gradient norm (helps models without BatchNorm)")
+    p.add_argument("--warmup-epochs", type=float, default=0.3, help="linear warm-up (default 0.3 epochs)")
+    p.add_argument("--clip-grad-norm", type=float, default=20.0,
+                   help="clip the gradient norm at this (default 20, a safety net; 0: no clipping)")
+    p.add_argument("--reinsert-bn", choices=("auto", "all", "off"), default="auto",
+                   help="train a BN-folded graph with a BatchNorm after every Conv, initialised to the identity "
+                        "on the training data and folded back into the weights on output (auto: graphs without "
+                        "BatchNormalization nodes; all: also layers no BN follows in other graphs; off)")
     p.add_argument("--kd-weight", type=float, default=1.0)
     p.add_argument("--ce-weight", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
@@ -137,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, kd_weight=args.kd_weight,
             ce_weight=args.ce_weight, temperature=args.temperature, augment=not args.no_augment, crop=args.crop,
             mean=mean, std=std, amp=False if args.no_amp else None, device=args.device, seed=args.seed,
-            holdout=args.holdout, clip_grad_norm=args.clip_grad_norm, max_steps=args.max_steps,
-            checkpoint=args.checkpoint, resume=args.resume, num_workers=args.num_workers)
+            holdout=args.holdout, clip_grad_norm=args.clip_grad_norm or None, max_steps=args.max_steps,
+            checkpoint=args.checkpoint, resume=args.resume, num_workers=args.num_workers,
+            reinsert_bn=args.reinsert_bn)
         info = init_distributed(args.device)
         t0 = time.perf_counter()
         result = finetune(student, onnx.load(args.teacher) if args.teacher else None, data, config,

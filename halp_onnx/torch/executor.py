@@ -87,7 +87,8 @@ class OnnxModule(nn.Module):
       unbiased as in torch.nn.BatchNorm); ``train_bn=False`` keeps BN on running stats always.
     * :meth:`set_tensor_hook` replaces a named tensor by ``fn(tensor)`` when it is produced
       (channel gates for Taylor importance); :meth:`write_back` stores the current values into a
-      copy of the ONNX model.
+      copy of the ONNX model; :meth:`add_write_back_transform` adds edits to what it returns
+      (:mod:`halp_onnx.torch.bn_reinsert` folds its re-inserted BatchNorms there).
     """
 
     def __init__(self, model: onnx.ModelProto, *, train_bn: bool = True):
@@ -197,6 +198,9 @@ class OnnxModule(nn.Module):
 
         self._tensor_hooks: dict[str, TensorHook] = {}
         self._all_tensor_names = known | set(self._buffer_keys)
+        # set by halp_onnx.torch.bn_reinsert: BatchNorms re-inserted after folded layers, folded on write-back
+        self.bn_reinsertion: Any = None
+        self._write_back_transforms: list[Callable[[onnx.ModelProto], None]] = []
 
     @staticmethod
     def _bn_stat_initializers(graph: onnx.GraphProto, init_set: set[str], train_bn: bool) -> set[str]:
@@ -379,7 +383,14 @@ class OnnxModule(nn.Module):
         for init in out.graph.initializer:
             if init.name in self._param_keys or init.name in self._buffer_keys:
                 init.CopyFrom(_tensor_to_proto(self.onnx_tensor(init.name), init))
+        for fn in self._write_back_transforms:
+            fn(out)
         return out
+
+    def add_write_back_transform(self, fn: Callable[[onnx.ModelProto], None]) -> None:
+        """Call ``fn(model)`` on every model :meth:`write_back` returns, after the initializers are
+        written (e.g. folding re-inserted BatchNorms into the layers' weights); ``fn`` edits in place."""
+        self._write_back_transforms.append(fn)
 
 
 def write_back(module: OnnxModule, model: onnx.ModelProto | None = None) -> onnx.ModelProto:

@@ -22,8 +22,15 @@ Losses: ``kd_weight * KD + ce_weight * CE``, where KD is Hinton's distillation l
 ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (mean over the batch) and CE the
 cross-entropy with the labels (only when labels are given). Without labels training is label-free KD.
 
-Schedule: linear warm-up over ``warmup_epochs`` (per iteration), then cosine decay to
-``final_lr_ratio * lr`` at the last step.
+Schedule: linear warm-up over ``warmup_epochs`` (default 0.3, per iteration), then cosine decay to
+``final_lr_ratio * lr`` at the last step; gradients clipped at norm 20 (a safety net; ``clip_grad_norm=None``
+turns it off).
+
+BN-folded graphs (an exported model: no BatchNormalization node) train with a BatchNorm re-inserted
+after every Conv and hidden Gemm (:mod:`halp_onnx.torch.bn_reinsert`, ``reinsert_bn``): initialised
+from ``bn_calib_images`` training images to the identity, trained as BN (under torchrun with batch
+statistics over every rank), folded back into the layers' weights on write-back (same nodes and op
+types). Their default SGD LR is 0.003 (:meth:`FinetuneConfig.learning_rate_for`).
 
 Data parallel: launched by ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised
 (nccl on CUDA, gloo on CPU), the student is wrapped in DistributedDataParallel, every rank takes

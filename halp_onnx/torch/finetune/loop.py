@@ -129,6 +129,10 @@ def finetune(student: Any, teacher: Any, data: Any, config: FinetuneConfig | Non
     _check_fits(trainer, train)
     if held is not None:
         _check_fits(trainer, held)
+    bn = trainer.bn_reinsertion
+    if bn is not None and not bn.initialized:  # identity at the training data's statistics
+        pick = np.random.default_rng([cfg.seed, 7919, rank]).permutation(n)[:min(n, cfg.bn_calib_images)]
+        trainer.calibrate_bn(train.take(pick[i:i + bs], cfg.num_workers) for i in range(0, len(pick), bs))
     if callback is not None:
         trainer.callbacks.append(callback)
     total = trainer.total_steps or steps_per_epoch
@@ -166,7 +170,7 @@ def finetune(student: Any, teacher: Any, data: Any, config: FinetuneConfig | Non
                     loss = float(parts["loss"])
                     if not math.isfinite(loss):
                         raise HalpError(f"the loss is {loss} at step {trainer.global_step}; lower the learning "
-                                        f"rate (--lr, now {cfg.learning_rate:g}) or clip the gradients "
+                                        f"rate (--lr, now {trainer.base_lr:g}) or clip the gradients "
                                         "(--clip-grad-norm)", stage=STAGE)
                     rate = images_done / max(time.perf_counter() - t0, 1e-9)
                     bar.update(trainer.global_step, f"epoch {epoch + 1}/{n_epochs}",
@@ -203,9 +207,12 @@ def finetune(student: Any, teacher: Any, data: Any, config: FinetuneConfig | Non
             bar.line(f"epoch {epoch + 1}/{n_epochs}: {_fmt_parts(h)}, {h['throughput']:,.0f} img/s{top1}")
     finally:
         bar.close()
+    model = trainer.student_onnx()
     if info.enabled:
         import torch.distributed as dist
 
         dist.barrier()
-    return FinetuneResult(trainer.student_onnx(), list(trainer.history), time.perf_counter() - t_start,
+        if trainer.bn_reinsertion is not None:
+            trainer.bn_reinsertion.release()
+    return FinetuneResult(model, list(trainer.history), time.perf_counter() - t_start,
                           trainer.samples_seen, trainer.global_step, initial)

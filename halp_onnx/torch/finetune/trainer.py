@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from halp_onnx.data import ImageData
 from halp_onnx.errors import HalpError
 
+from ..bn_reinsert import BNReinsertion, reinsert_bn
 from ..executor import OnnxModule
 from .checkpoint import CheckpointMixin
 from .config import STAGE, FinetuneConfig, _WarmupCosine
@@ -62,6 +63,11 @@ class Trainer(BatchMixin, CheckpointMixin):
         if self.teacher is not None and len(self.teacher.input_names) != 1:
             raise HalpError(f"the teacher has {len(self.teacher.input_names)} inputs; fine-tuning supports one "
                             "image input", stage=STAGE)
+        if cfg.reinsert_bn != "off" and self.student.bn_reinsertion is None:
+            reinsert_bn(self.student, cfg.reinsert_bn)  # BN-folded graphs train with BN, folded on write-back
+        r = self.student.bn_reinsertion
+        if r is not None and self.dist.enabled and any(bn.group is None for bn in r.by_tensor.values()):
+            r.synchronise()
         self.student.to(self.device).train()
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
@@ -80,11 +86,14 @@ class Trainer(BatchMixin, CheckpointMixin):
         for _, p in self.student.named_onnx_parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
+        if self.bn_reinsertion is not None:
+            no_decay.extend(self.bn_reinsertion.parameters())
         if not decay and not no_decay:
             raise HalpError("the student has no trainable float initializers", stage=STAGE)
         groups = [{"params": decay, "weight_decay": cfg.decay}, {"params": no_decay, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
-        lr = cfg.learning_rate
+        has_bn = any(n.op_type == "BatchNormalization" for n in self.student._source_model.graph.node)
+        lr = self.base_lr = cfg.learning_rate_for(has_bn)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
@@ -161,6 +170,37 @@ class Trainer(BatchMixin, CheckpointMixin):
         return self._stop
 
     @property
+    def bn_reinsertion(self) -> BNReinsertion | None:
+        """The BatchNorms re-inserted after the student's folded layers (None when there are none)."""
+        return self.student.bn_reinsertion
+
+    def calibrate_bn(self, batches: Any) -> int:
+        """Initialise the re-inserted BatchNorms (identity at the statistics of ``batches``: uint8
+        ``N x H x W x C`` arrays, prepared with the training augmentation, or prepared float tensors).
+        Under torchrun the statistics are summed over every rank. Returns the samples seen (0 when the
+        student has no re-inserted BN)."""
+        r = self.bn_reinsertion
+        if r is None:
+            return 0
+        if isinstance(batches, (np.ndarray, torch.Tensor)):
+            batches = [batches]
+        prepared = (self._as_input(b, train=True) for b in batches)
+        with self._autocast():
+            return r.calibrate(prepared, reduce=lambda v: _all_reduce_sum(v, self.dist))
+
+    @torch.no_grad()
+    def sync_bn_stats(self) -> None:
+        """Average the re-inserted BNs' running statistics over the ranks (each rank updates them
+        from its own batches); a no-op in one process."""
+        r = self.bn_reinsertion
+        if r is None or not self.dist.enabled:
+            return
+        for bn in r.by_tensor.values():
+            for buf in (bn.running_mean, bn.running_var):
+                v = _all_reduce_sum(buf.detach().double().clone(), self.dist) / self.dist.world_size
+                buf.copy_(v.to(buf.dtype))
+
+    @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
@@ -226,6 +266,9 @@ class Trainer(BatchMixin, CheckpointMixin):
         self._model.train()
         x = self._as_input(x, train=True)
         y = self._as_labels(y)
+        r = self.bn_reinsertion
+        if r is not None and not r.initialized:  # no calibrate_bn() before: this batch's statistics
+            self.calibrate_bn(x)
         self.optimizer.zero_grad(set_to_none=True)
         parts = self._loss_parts(x, y)
         loss = parts["loss"]
@@ -267,6 +310,7 @@ class Trainer(BatchMixin, CheckpointMixin):
         if len(labels) != n:
             raise HalpError(f"evaluate: {n} images but {len(labels)} labels", stage=STAGE)
         bs = batch_size or self.config.eval_batch_size
+        self.sync_bn_stats()
         idx = np.arange(self.dist.rank, n, self.dist.world_size)
         was_training = self.student.training
         self.student.eval()
@@ -291,7 +335,10 @@ class Trainer(BatchMixin, CheckpointMixin):
         return float(correct[0] / correct[1]) if correct[1] > 0 else float("nan")
 
     def student_onnx(self) -> onnx.ModelProto:
-        """The student's ONNX model with the current weights and BN statistics written back."""
+        """The student's ONNX model with the current weights and BN statistics written back (re-inserted
+        BNs folded into their layers; under torchrun, with their statistics averaged over the ranks:
+        call it on every rank)."""
+        self.sync_bn_stats()
         return self.student.write_back()
 
     # -- checkpoints (state_dict, save_checkpoint, read_checkpoint, load_state_dict: CheckpointMixin) ---
