@@ -1,6 +1,7 @@
 """``halp-onnx compile``: HALP latency-constrained pruning, end to end."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def add_parser(sub):
     p.add_argument("--no-removal", action="store_true", help="never prune a group to zero (no block removal)")
     p.add_argument("--prune-first", action="store_true", help="also prune the first layer's output channels")
     add_guard_options(p)
+    p.add_argument("--repair", action=argparse.BooleanOptionalAction, default=None,
+                   help="match the pruned model's per-channel statistics to the dense model's on --calib data "
+                        "(default: on with --calib)")
     p.add_argument("--no-measure", action="store_true", help="do not time the models on the target")
     p.add_argument("--profile", help="profile JSON to use/extend (default: the user cache, then hw_profiles/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, stage lines or warnings")
@@ -101,6 +105,8 @@ def run(args) -> int:
         from .profiles.backends import check_int8_engine
 
         check_int8_engine(target, args.model, args.calib is not None)
+    if args.repair and args.calib is None:
+        raise HalpError("--repair needs calibration data (--calib images or .npz)", stage=STAGE)
     if args.calib is not None and not Path(args.calib).exists():
         raise HalpError(f"--calib {args.calib}: no such file or folder", stage=STAGE)
     mean = parse_floats(args.mean, "--mean", 3)
@@ -127,7 +133,7 @@ def run(args) -> int:
                          allow_removal=not args.no_removal, prune_first=args.prune_first, threads=args.threads,
                          input_shapes=input_shapes(args.model, args.input_shape, args.batch),
                          measure_result=not args.no_measure, progress=progress, profile_path=args.profile,
-                         on_stage=plan.on_stage, **guard_kwargs(args))
+                         on_stage=plan.on_stage, repair=args.repair, **guard_kwargs(args))
         for w in result.warnings:
             plan.warn(w)
         if args.engine:

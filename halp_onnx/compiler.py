@@ -63,6 +63,7 @@ class CompileResult:
     warnings: tuple[str, ...] = field(default=())
     staircases: tuple[dict, ...] = field(default=())  # latency vs c_out of the most expensive layers
     budget: Any = None  # the ResolvedBudget every figure above was computed against
+    repair: dict | None = None  # the repair stage's summary (None: no calibration data or --no-repair)
     # the knapsack re-solved over budgets from the smallest achievable to dense: per point budget_ms,
     # predicted_ms, importance (the knapsack objective), importance_share, kept_channels (report_html)
     tradeoff: tuple[dict, ...] | None = None
@@ -81,6 +82,7 @@ class CompileResult:
                                      .target_measured_ms
                                      if self.measured_ms and self.dense_measured_ms and self.budget else None),
             "budget": self.budget.to_dict() if self.budget else None,
+            "repair": self.repair,
             "measured_speedup": self.measured_speedup,
             "params": list(self.rewrite.params), "macs": list(self.rewrite.macs),
             "importance": self.importance.to_dict(), "solver": self.solver,
@@ -102,7 +104,7 @@ def compile(model, target: str = "ort-cpu", latency: str | float | LatencyBudget
             importance: Importance | None = None, calibrate: int = 3,
             calibrate_tol: float = 0.03, on_stage: Callable[[str, float], None] | None = None,
             exclude: Sequence[str] = (), round_to: int = 1, min_params: float = 0.25,
-            strict: bool = False) -> CompileResult:
+            strict: bool = False, repair: bool | None = None) -> CompileResult:
     """HALP one-shot: keep the most important channels within a latency budget on ``target``.
 
     Returns a :class:`CompileResult` whose ``model`` is the verified pruned ONNX model. Where the target
@@ -118,7 +120,8 @@ def compile(model, target: str = "ort-cpu", latency: str | float | LatencyBudget
                          calib_samples=calib_samples, calib_batch=calib_batch, device=device, importance=importance,
                          solver=solver, min_keep=min_keep, allow_removal=allow_removal, prune_first=prune_first,
                          measure_result=measure_result, calibrate=calibrate, calibrate_tol=calibrate_tol,
-                         exclude=tuple(exclude), round_to=round_to, min_params=min_params, strict=strict)
+                         exclude=tuple(exclude), round_to=round_to, min_params=min_params, strict=strict,
+                         repair=repair)
     return compile_result(PIPELINE.run(cfg, on_stage=on_stage))
 
 
@@ -191,10 +194,11 @@ def compile_result(run: PipelineRun) -> CompileResult:
 
         tradeoff = tradeoff_curve(run.config, plan, selection.orders, selection.values)
     return CompileResult(
-        model=result.model, source=loaded.source, target=tl.target.name, label=lm.label, budget_ms=plan.budget.ms,
+        model=run["repaired"].model if run.get("repaired") is not None else result.model, source=loaded.source, target=tl.target.name, label=lm.label, budget_ms=plan.budget.ms,
         latency_request=plan.budget.request, dense_predicted_ms=plan.dense_ms, predicted_ms=pred_after.total_ms,
         min_predicted_ms=plan.min_ms, dense_measured_ms=measured.dense_ms if measured else None,
         measured_ms=measured.ms if measured else None, groups=tuple(rows), importance=run["importance"],
         solver=selection.stats, rounds=selection.rounds, rewrite=result, verification=run["verification"],
         blocks=block_rows, seconds=seconds, profile=profile, warnings=tuple(warn),
-        staircases=tuple(stairs), budget=plan.budget, tradeoff=tradeoff)
+        staircases=tuple(stairs), budget=plan.budget,
+        repair=run["repaired"].to_dict() if run.get("repaired") is not None else None, tradeoff=tradeoff)

@@ -22,7 +22,7 @@ def _cfg(**kw):
 def test_the_order_is_written_once():
     names = [st.name for st in PIPELINE]
     assert names == ["load", "channel-groups", "latency-model", "budget", "importance", "select", "rewrite",
-                     "measure", "verify", "guard"]
+                     "measure", "verify", "repair", "guard"]
     for st in PIPELINE:  # every declared need is made by an earlier stage
         earlier = {o.makes for o in PIPELINE.stages[: PIPELINE.stages.index(st)]}
         assert set(st.needs) <= earlier, st.name

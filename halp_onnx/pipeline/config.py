@@ -58,8 +58,9 @@ class PipelineConfig:
     measure_result: bool = True
     calibrate: int = 3
     calibrate_tol: float = 0.03
-    # rewrite / verify
+    # rewrite / verify / repair (statistics of the pruned model matched to the dense one on --calib data)
     check: bool = True
+    repair: bool | None = None  # None: on when calibration data is given
     # iterative mode: the torch bridge's settings, whose select(config, results) trains while pruning
     # (halp_onnx.torch.halp.IterativeSettings)
     iterative: Any = None

@@ -1,7 +1,7 @@
 """The stages, and the one place their order is written (:data:`PIPELINE`).
 
     load -> channel-groups -> latency-model -> budget -> importance -> select -> rewrite -> measure -> verify
-         -> guard
+         -> repair -> guard
 
 ``prune`` (mode "ratio") runs load, channel-groups, importance (the criterion's scores), select (a
 share of every group), rewrite, verify. ``compile`` (mode "budget") runs them all: the knapsack
@@ -240,6 +240,23 @@ def _verify(cfg: PipelineConfig, r: Results):
     return verify(loaded, analysis, result.kept, result.model)
 
 
+def _repair(cfg: PipelineConfig, r: Results):
+    """Per-channel statistics of the verified pruned model matched to the dense model's on the calibration
+    data (passes.repair); the repaired model is what is written."""
+    from ..passes.calibration import calibration_batches
+    from ..passes.repair import repair
+
+    selection, result = final_choice(r)
+    loaded, analysis = base_of(r, selection)
+    batches = calibration_batches(loaded, cfg.calib, mean=cfg.mean, std=cfg.std, size=cfg.size,
+                                  samples=cfg.calib_samples, batch_size=cfg.calib_batch)
+    return repair(loaded, analysis, result, batches, threads=cfg.threads)
+
+
+def _repairs(cfg: PipelineConfig) -> bool:
+    return cfg.calib is not None and cfg.repair is not False and cfg.mode != "iterative"
+
+
 def _guard(cfg: PipelineConfig, r: Results) -> Guards:
     """What a user should hear about before shipping the result: a branch removed, too few parameters
     kept, an output cut off from the inputs (always refused); with ``strict``, any warning refuses."""
@@ -296,6 +313,9 @@ PIPELINE = Pipeline((
           doc="closed loop on a target that runs here: time, re-solve with the budget rescaled by the miss"),
     Stage("verify", "verification", _verify, ("loaded", "analysis", "selection", "rewritten"), ("measured",),
           doc="onnxruntime: the rewrite computes what the masked original computes (passes.verify)"),
+    Stage("repair", "repaired", _repair, ("loaded", "analysis", "selection", "rewritten", "verification"),
+          ("measured",), when=_repairs,
+          doc="per-channel statistics of the pruned model matched to the dense model's (passes.repair)"),
     Stage("guard", "guards", _guard, ("loaded", "analysis", "selection", "rewritten", "verification"),
           ("measured",), doc="warn about removed branches and few kept parameters; refuse a dead model"),
 ))
