@@ -211,7 +211,7 @@ def test_choices_never_hold_a_width_slower_than_a_wider_one():
     blocks = model_blocks(loaded, an)
     lm = _Staircase()
     plain = build_cost_model(an, blocks, lm.step, min_keep=0.0, monotone=False)
-    cm = build_cost_model(an, blocks, lm.step, min_keep=0.0)  # block_ms found on step's latency model
+    cm = build_cost_model(an, blocks, lm.step, min_keep=0.0, block_ms=lm.block_ms)
     dense = {g: ch.size for g, ch in cm.choices.items()}
     dropped = 0
     for g, ch in cm.choices.items():

@@ -108,8 +108,8 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
     ``step_of(signature) -> int`` is the target's latency step for a block; ``frozen`` maps group ids
     to the reason they stay dense (first conv, user choice); ``round_to``: kept widths are multiples of it
     (``--round-to``, as Torch-Pruning's ``round_to``), the dense width always allowed.
-    ``block_ms(signature, c_in, c_out)`` (default: the ``block_ms`` of the latency model ``step_of`` is a
-    method of) prices the widths for the monotone filter (``monotone``)."""
+    ``block_ms(signature, c_in, c_out)`` prices the widths for the monotone filter (``monotone``; no
+    filter without it)."""
     frozen = dict(frozen or {})
     prunable = {g.id for g in analysis.prunable if g.id not in frozen}
     sizes = {g.id: g.size for g in analysis.groups}
@@ -141,8 +141,6 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
             widths = [0] + widths
         choices[cg.id] = GroupChoices(cg.id, size, step, tuple(sorted(set(widths))))
     cm = CostModel(tuple(costs), choices, sizes, frozen)
-    if block_ms is None:
-        block_ms = getattr(getattr(step_of, "__self__", None), "block_ms", None)
     if monotone and block_ms is not None:
         cm = monotone_choices(cm, block_ms)
     return cm

@@ -93,7 +93,7 @@ def _budget(cfg: PipelineConfig, r: Results) -> BudgetPlan:
     held = {} if cfg.prune_first else first_layer_groups(analysis, tl.blocks)
     held.update({g: why for g, why in excluded_groups(analysis, cfg.exclude).items() if g not in held})
     cm = build_cost_model(analysis, tl.blocks, lm.step, min_keep=cfg.min_keep, allow_removal=cfg.allow_removal,
-                          frozen=held, round_to=cfg.round_to)
+                          frozen=held, round_to=cfg.round_to, block_ms=block_ms)
     if not cm.choices:
         raise HalpError(f"{loaded.source}: every prunable group is held dense ({'; '.join(held.values())})",
                         stage="compile")
