@@ -401,6 +401,24 @@ def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str
         outs = [o for o in node.output if o]
         if node.name not in consumers and outs and all(o in tensors for o in outs):
             vanished.add(node.name)
+    # a node whose every output feeds only vanished nodes (GRN's mean over the channels, a statistic
+    # used inside the branch) is dead code once the branch is gone
+    readers: dict[str, list[str]] = {}
+    for node in ctx.model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node.name)
+    graph_outputs = {o.name for o in ctx.model.graph.output}
+    grew = True
+    while grew:
+        grew = False
+        for node in ctx.model.graph.node:
+            outs = [o for o in node.output if o]
+            if node.name in vanished or node.name in consumers or not outs:
+                continue
+            if all(o not in graph_outputs and readers.get(o) and all(r in vanished for r in readers[o])
+                   for o in outs):
+                vanished.add(node.name)
+                grew = True
     for node in ctx.model.graph.node:
         if node.name in vanished:
             continue

@@ -118,7 +118,46 @@ def load(source: str | os.PathLike | onnx.ModelProto, input_shapes: dict[str, tu
     validate.check_node_shapes(model, tensor_shapes(model), name)
     if fold:
         model = _fold_constants(model, name)
+    _unshare_uniform_constants(model)
     return LoadedModel(model=model, source=name, opset=opset, input_shapes=shapes, original_inputs=original_inputs)
+
+
+def _unshare_uniform_constants(model: onnx.ModelProto, max_elems: int = 1 << 16) -> int:
+    """Give each reader its own copy of a float initializer whose elements are all equal (an exporter's
+    one array of ones or zeros behind every normalisation's scale or bias): it is not a shared weight,
+    and sharing it would couple the channels of every layer that reads it. Returns the copies made."""
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for k, i in enumerate(node.input):
+            readers.setdefault(i, []).append((node, k))
+    made = 0
+    taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    for init in list(model.graph.initializer):
+        uses = readers.get(init.name, [])
+        if len(uses) < 2 or init.data_type not in _FLOAT_TYPES or not 1 < _elems(init) <= max_elems:
+            continue
+        arr = onnx.numpy_helper.to_array(init)
+        if not (arr == arr.flat[0]).all():
+            continue
+        for n_copy, (node, k) in enumerate(uses[1:], 1):
+            new = f"{init.name}_copy{n_copy}"
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            model.graph.initializer.append(onnx.numpy_helper.from_array(arr, new))
+            node.input[k] = new
+            made += 1
+    return made
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
+def _elems(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return n
 
 
 def _check_ir_version(model: onnx.ModelProto, name: str) -> None:

@@ -154,12 +154,27 @@ def _remove_empty_branches(rw: RewriteContext) -> set[str]:
     empty = {name for name, lab in rw.analysis.labels.items() if lab.ids.size and not rw.mask_of(lab).any()}
     if not empty:
         return set()
-    removed = set()
+    removed = {n.name for n in graph.node if [o for o in n.output if o] and all(o in empty for o in n.output if o)}
+    # nodes whose outputs feed only removed nodes are dead with them (GRN's mean over the removed channels)
+    readers: dict[str, list[str]] = {}
     for node in graph.node:
-        outs = [o for o in node.output if o]
-        if outs and all(o in empty for o in outs):
-            removed.add(node.name)
-        elif node.op_type == "Concat" and any(i in empty for i in node.input):
+        for i in node.input:
+            readers.setdefault(i, []).append(node.name)
+    graph_outputs = {o.name for o in graph.output}
+    grew = True
+    while grew:
+        grew = False
+        for node in graph.node:
+            outs = [o for o in node.output if o]
+            if node.name in removed or not outs:
+                continue
+            if all(o not in graph_outputs and readers.get(o) and all(r in removed for r in readers[o]) for o in outs):
+                removed.add(node.name)
+                grew = True
+    for node in graph.node:
+        if node.name in removed:
+            continue
+        if node.op_type == "Concat" and any(i in empty for i in node.input):
             left = [i for i in node.input if i not in empty]
             del node.input[:]
             node.input.extend(left)
