@@ -238,7 +238,7 @@ def run_profile(args) -> int:
         prof = run.model.profile
         if prof is None:  # measure=True always gives a profile; reading None raised this AttributeError before
             raise AttributeError(f"{target.name}: measuring gave no profile")
-        keys = sorted({b.signature.key() for b in model_blocks(loaded, analysis, precision=target.precision)})
+        keys = sorted({b.signature.key() for b in model_blocks(loaded, analysis, precision=target.precision, fusion=target.fusion)})
         tables = [{"signature": k, "step": prof.tables[k].step, "points": len(prof.tables[k].points)} for k in keys]
         plan.stage_report(report(
             "profile", input=args.model, outputs={"profile": run.path} if run.new_points and run.path else {},
@@ -271,7 +271,7 @@ def run_latency(args) -> int:
     plan_profile(plan, args, resolve_target(args), may_measure=not args.no_measure)
     with plan:
         loaded, analysis, target = timed(plan, "load", load_for_target, args)
-        blocks = model_blocks(loaded, analysis, precision=target.precision)
+        blocks = model_blocks(loaded, analysis, precision=target.precision, fusion=target.fusion)
         run = timed(plan, "latency-model", latency_model, loaded, analysis, target, threads=args.threads,
                     measure=False if args.no_measure else None,
                     progress=not args.quiet and not args.json and sys.stderr.isatty(), profile_path=args.profile,

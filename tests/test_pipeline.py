@@ -154,11 +154,25 @@ def test_a_result_cut_off_from_its_inputs_is_refused():
 
     from halp_onnx.pipeline import Selection
 
+    import onnx
+    from onnx import helper, numpy_helper
+
     first = PIPELINE.run(PipelineConfig(example("resnet"), mode="ratio", ratio=0.3), until="verify")
-    dead = replace(first["verification"], candidate_input_sensitive=False)
     given = {k: first[k] for k in ("loaded", "analysis", "selection", "rewritten")}
-    with pytest.raises(HalpError, match="no longer depend on its inputs"):
-        PIPELINE.run(first.config, given={**given, "verification": dead})
+    # the same result with its output cut off from the input (multiplied by zero): the guard runs the
+    # model itself, per output, whatever the verifier's flag says
+    cut = onnx.ModelProto()
+    cut.CopyFrom(first["rewritten"].model)
+    out = cut.graph.output[0].name
+    for n in cut.graph.node:
+        n.output[:] = [o + "_live" if o == out else o for o in n.output]
+    cut.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "zero"))
+    cut.graph.node.append(helper.make_node("Mul", [out + "_live", "zero"], [out], name="cut"))
+    dead = replace(first["rewritten"], model=cut)
+    with pytest.raises(HalpError, match="no longer depends on its inputs"):
+        PIPELINE.run(first.config, given={**given, "rewritten": dead,
+                                          "verification": replace(first["verification"],
+                                                                  candidate_input_sensitive=False)})
     assert isinstance(given["selection"], Selection)
     ok = PIPELINE.run(first.config, given={**given, "verification": first["verification"]})
     assert ok.stages == ("guard",)

@@ -39,6 +39,23 @@ class Latency(str, enum.Enum):
     FREE = "free"  # no kernel of its own (views, shape reads, identity)
 
 
+class GpuFusion(str, enum.Enum):
+    """What a GPU graph compiler (TensorRT's layer fusions and the kernels Myelin generates) makes of an
+    op: which neighbours it shares one kernel with."""
+
+    POINTWISE = "pointwise"  # one generated kernel with its pointwise neighbours; also a GEMM-like kernel's epilogue
+    REDUCTION = "reduction"  # one generated kernel with its neighbours (softmax, normalisation), not an epilogue
+    SHUFFLE = "shuffle"  # a layout change folded into the kernels around it
+    ELIMINATED = "eliminated"  # no kernel: its producers write into its output in place (concatenation)
+    KERNEL = "kernel"  # a kernel of its own
+
+
+# the GPU facet of an entry that does not name one, from its latency facet
+_GPU_BY_ROLE = {Latency.ANCHOR: GpuFusion.KERNEL, Latency.ACTIVATION: GpuFusion.POINTWISE,
+                Latency.NORM: GpuFusion.POINTWISE, Latency.RESIDUAL: GpuFusion.POINTWISE,
+                Latency.POOL: GpuFusion.KERNEL, Latency.MEMORY: GpuFusion.KERNEL, Latency.FREE: GpuFusion.SHUFFLE}
+
+
 @dataclass(frozen=True)
 class OpEntry:
     op_type: str
@@ -49,6 +66,7 @@ class OpEntry:
     rewrite: Callable | None = None  # (node, RewriteContext) -> None
     latency: Latency = Latency.MEMORY
     torch: str | None = None  # "family:key" in halp_onnx.torch.lower
+    gpu: GpuFusion | None = None  # None: from the latency facet (_GPU_BY_ROLE)
 
     def covers(self, version: int) -> bool:
         return self.since <= version and (self.until is None or version <= self.until)
@@ -104,7 +122,7 @@ ENTRIES: tuple[OpEntry, ...] = tuple([
       for op in ("LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")],
     OpEntry("Gelu", channels=_BROADCAST, latency=Latency.ACTIVATION, torch="elementwise:Gelu"),
     OpEntry("Gelu", domain="com.microsoft", channels=None, latency=Latency.ACTIVATION, torch="elementwise:Gelu@ms"),
-    *[OpEntry(op, channels=_BROADCAST, torch=_torch("elementwise", op)) for op in (
+    *[OpEntry(op, channels=_BROADCAST, torch=_torch("elementwise", op), gpu=GpuFusion.POINTWISE) for op in (
         "Elu", "Selu", "Celu", "Erf", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Shrink",
         "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round",
         "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Sign", "Not", "IsNaN", "IsInf",
@@ -118,7 +136,7 @@ ENTRIES: tuple[OpEntry, ...] = tuple([
     OpEntry("BatchNormalization", channels=normalization.analyze_batch_norm, latency=Latency.NORM,
             torch="norm:BatchNormalization"),
     OpEntry("InstanceNormalization", channels=normalization.analyze_instance_norm,
-            torch="norm:InstanceNormalization"),
+            torch="norm:InstanceNormalization", gpu=GpuFusion.REDUCTION),
     *[OpEntry(op, channels=normalization.analyze_spatial, latency=Latency.POOL, torch=_torch("pool", op)) for op in (
         "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool")],
     OpEntry("Resize", until=10, channels=normalization.analyze_spatial, rewrite=normalization.rewrite_resize,
@@ -127,29 +145,34 @@ ENTRIES: tuple[OpEntry, ...] = tuple([
             torch="pool:Resize@11"),
     OpEntry("Upsample", channels=normalization.analyze_spatial, torch="pool:Upsample"),
     *[e for op, since in _REDUCE_AXES_INPUT.items()
-      for e in _versions(op, "reduce", (since,), channels=normalization.analyze_reduce)],
+      for e in _versions(op, "reduce", (since,), channels=normalization.analyze_reduce, gpu=GpuFusion.REDUCTION)],
     *[OpEntry(op, channels=normalization.analyze_reduce, torch=f"reduce:{op}") for op in ("ArgMax", "ArgMin")],
     *[e for op in ("Softmax", "LogSoftmax")
-      for e in _versions(op, "norm", (13,), channels=normalization.analyze_axis_mixer)],
+      for e in _versions(op, "norm", (13,), channels=normalization.analyze_axis_mixer, gpu=GpuFusion.REDUCTION)],
     *[OpEntry(op, channels=normalization.analyze_axis_mixer, torch=_torch("norm", op)) for op in (
         "Hardmax", "MeanVarianceNormalization", "LpNormalization", "LRN", "DepthToSpace", "SpaceToDepth",
         "CumSum")],
-    OpEntry("LayerNormalization", channels=normalization.analyze_layer_norm, torch="norm:LayerNormalization"),
+    OpEntry("LayerNormalization", channels=normalization.analyze_layer_norm, torch="norm:LayerNormalization",
+            gpu=GpuFusion.REDUCTION),
     OpEntry("GroupNormalization", channels=normalization.analyze_group_norm,
-            rewrite=normalization.rewrite_group_norm, torch="norm:GroupNormalization"),
+            rewrite=normalization.rewrite_group_norm, torch="norm:GroupNormalization", gpu=GpuFusion.REDUCTION),
     # ---- layout: reshapes, concatenation, slicing, gathering
     *_versions("Reshape", "shape", (5,), channels=layout.analyze_reshape, rewrite=layout.rewrite_reshape,
                latency=Latency.FREE),
     OpEntry("Flatten", channels=layout.analyze_reshape, latency=Latency.FREE, torch="shape:Flatten"),
     *[e for op in ("Squeeze", "Unsqueeze")
       for e in _versions(op, "shape", (13,), channels=layout.analyze_reshape, latency=Latency.FREE)],
-    OpEntry("Transpose", channels=layout.analyze_transpose, torch="shape:Transpose"),
-    OpEntry("Concat", channels=layout.analyze_concat, torch="shape:Concat"),
-    OpEntry("Split", channels=layout.analyze_split, rewrite=layout.rewrite_split, torch="shape:Split"),
-    *_versions("Slice", "shape", (10,), channels=layout.analyze_slice, rewrite=layout.rewrite_slice),
+    OpEntry("Transpose", channels=layout.analyze_transpose, torch="shape:Transpose", gpu=GpuFusion.SHUFFLE),
+    OpEntry("Concat", channels=layout.analyze_concat, torch="shape:Concat", gpu=GpuFusion.ELIMINATED),
+    OpEntry("Split", channels=layout.analyze_split, rewrite=layout.rewrite_split, torch="shape:Split",
+            gpu=GpuFusion.SHUFFLE),
+    *_versions("Slice", "shape", (10,), channels=layout.analyze_slice, rewrite=layout.rewrite_slice,
+               gpu=GpuFusion.SHUFFLE),
     *_versions("Pad", "shape", (11,), channels=layout.analyze_pad, rewrite=layout.rewrite_pad),
-    OpEntry("Gather", channels=linear.analyze_gather, rewrite=layout.rewrite_gather, torch="index:Gather"),
-    OpEntry("Expand", channels=layout.analyze_expand_tile, rewrite=layout.rewrite_expand, torch="shape:Expand"),
+    OpEntry("Gather", channels=linear.analyze_gather, rewrite=layout.rewrite_gather, torch="index:Gather",
+            gpu=GpuFusion.SHUFFLE),
+    OpEntry("Expand", channels=layout.analyze_expand_tile, rewrite=layout.rewrite_expand, torch="shape:Expand",
+            gpu=GpuFusion.SHUFFLE),
     OpEntry("Tile", channels=layout.analyze_expand_tile, torch="shape:Tile"),
     *[OpEntry(op, channels=layout.analyze_shape_only, latency=Latency.FREE, torch=f"shape:{op}")
       for op in ("Shape", "Size")],
@@ -223,6 +246,15 @@ def latency_role(op_type: str) -> Latency:
     """The latency facet of a default-domain op (MEMORY for ops the table does not list)."""
     entries = _BY_OP.get(("", op_type))
     return entries[-1].latency if entries else Latency.MEMORY
+
+
+def gpu_fusion(op_type: str) -> GpuFusion:
+    """The GPU facet of a default-domain op (a kernel of its own for ops the table does not list)."""
+    entries = _BY_OP.get(("", op_type))
+    if not entries:
+        return GpuFusion.KERNEL
+    e = entries[-1]
+    return e.gpu if e.gpu is not None else _GPU_BY_ROLE[e.latency]
 
 
 ANCHOR_OPS: tuple[str, ...] = ops_with(Latency.ANCHOR)  # ("Conv", "ConvTranspose", "Gemm", "MatMul")

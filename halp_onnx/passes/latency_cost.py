@@ -19,7 +19,7 @@ cost more than the dense layer).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -144,6 +144,14 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
     if monotone and block_ms is not None:
         cm = monotone_choices(cm, block_ms)
     return cm
+
+
+def pin_removal(cm: CostModel, groups) -> CostModel:
+    """``cm`` with ``groups`` no longer allowed to go to zero channels (their branch must stay)."""
+    pinned = set(groups)
+    choices = {g: (replace(ch, widths=tuple(w for w in ch.widths if w > 0)) if g in pinned and len(ch.widths) > 1
+                   else ch) for g, ch in cm.choices.items()}
+    return replace(cm, choices=choices)
 
 
 def touch_costs(cm: CostModel, group: int, widths: dict[int, int], block_ms) -> np.ndarray:

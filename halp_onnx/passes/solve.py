@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..ops.table import ANCHOR_OPS
+from ..ops.table import ANCHOR_OPS, SPATIAL_ANCHOR_OPS
 from .channel_groups import ChannelAnalysis
 from .knapsack import KnapsackItem, solve
 from .latency_cost import CostModel, group_costs, total_latency
@@ -43,11 +43,13 @@ class _SolveState:
 
 
 def first_layer_groups(analysis: ChannelAnalysis, blocks) -> dict[int, str]:
-    """Groups fed by the first GEMM-like block (the stem conv): kept dense by default."""
+    """Groups fed by the first convolution when it is the first GEMM-like block (the stem of a CNN or a
+    ViT's patch embedding): kept dense by default. A model that starts with a matrix product (an
+    embedding, then attention) has no stem."""
     for b in blocks:
         if b.signature.op in ANCHOR_OPS:
             lab = analysis.labels.get(b.out_tensor)
-            if lab is None:
+            if lab is None or b.signature.op not in SPATIAL_ANCHOR_OPS:
                 return {}
             ids = lab.ids[lab.ids >= 0]
             return {int(g): f"output of the first layer {b.node} (kept by default; --prune-first to allow)"

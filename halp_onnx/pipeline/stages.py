@@ -11,6 +11,7 @@ rewrites and verifies the fine-tuned graph. Each stage is a function ``(config, 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -19,7 +20,7 @@ import numpy as np
 from ..errors import HalpError
 from ..passes.channel_groups import ChannelAnalysis, analyze
 from ..passes.importance import Importance, magnitude_importance
-from ..passes.latency_cost import build_cost_model, ranked_values, total_latency
+from ..passes.latency_cost import build_cost_model, pin_removal, ranked_values, total_latency
 from ..passes.load import LoadedModel, load
 from ..passes.rewrite import RewriteResult, rewrite
 from ..passes.select import channel_scores, keep_by_ratio
@@ -79,7 +80,7 @@ def _latency_model(cfg: PipelineConfig, r: Results) -> TargetLatency:
 
     assert cfg.target is not None
     tgt = get_target(cfg.target)
-    blocks = model_blocks(r["loaded"], r["analysis"], precision=tgt.precision)
+    blocks = model_blocks(r["loaded"], r["analysis"], precision=tgt.precision, fusion=tgt.fusion)
     run = latency_model(r["loaded"], r["analysis"], tgt, threads=cfg.threads, measure=cfg.measure,
                         progress=cfg.progress, blocks=blocks, profile_path=cfg.profile_path)
     return TargetLatency(tgt, tuple(blocks), run.model, run)
@@ -144,6 +145,47 @@ def solve_budget(cfg: PipelineConfig, plan: BudgetPlan, orders: dict, values: di
     return Selection(keep, "knapsack", widths, tuple(rounds), stats, orders, values)
 
 
+def solve_live(cfg: PipelineConfig, plan: BudgetPlan, loaded: LoadedModel, analysis: ChannelAnalysis,
+               orders: dict, values: dict, budget_ms: float, *, tries: int = 4) -> Selection:
+    """:func:`solve_budget`, refusing a solution whose removed branches together cut an output off from
+    the inputs (passes.liveness): a removed group that brings the outputs back is kept (at least its
+    smallest width) and the knapsack solves again."""
+    from ..passes.liveness import live_outputs, restorer
+
+    sel = solve_budget(cfg, plan, orders, values, budget_ms)
+    dense_live: frozenset[str] | None = None
+    pinned: list[int] = []
+    for _ in range(tries):
+        removed = sorted(g for g, w in (sel.widths or {}).items() if w == 0)
+        if not removed:
+            break
+        if dense_live is None:
+            dense_live = live_outputs(loaded.model)
+        current, cm = sel, plan.cost
+
+        def alive_without(restored: frozenset[int]) -> bool:
+            keep = dict(current.keep)
+            for g in restored:
+                w = cm.choices[g].widths[1]
+                if w < cm.choices[g].size:
+                    keep[g] = np.sort(orders[g][:w])
+                else:
+                    keep.pop(g, None)
+            return dense_live <= live_outputs(rewrite(loaded, analysis, keep, check=False).model, like=loaded.model)
+
+        if alive_without(frozenset()):
+            break
+        g = restorer(removed, alive_without)
+        if g is None:
+            break  # the guard refuses what is left
+        pinned.append(g)
+        plan = replace(plan, cost=pin_removal(plan.cost, pinned))
+        trimmed = {k: (v[1:] if k in pinned else v) for k, v in values.items()}  # the width-0 choice is gone
+        sel = solve_budget(cfg, plan, orders, trimmed, budget_ms)
+    # the values stay those of the unpinned plan, which the closed loop solves with again
+    return replace(sel, values=values, stats={**sel.stats, "kept_for_liveness": pinned}) if pinned else sel
+
+
 def _select(cfg: PipelineConfig, r: Results) -> Selection:
     analysis = r["analysis"]
     if cfg.mode == "ratio":
@@ -159,7 +201,7 @@ def _select(cfg: PipelineConfig, r: Results) -> Selection:
     orders, values = {}, {}
     for g, ch in plan.cost.choices.items():
         orders[g], values[g] = ranked_values(analysis, r["importance"].scores, ch)
-    return solve_budget(cfg, plan, orders, values, plan.budget.ms)
+    return solve_live(cfg, plan, r["loaded"], analysis, orders, values, plan.budget.ms)
 
 
 def base_of(r: Results, selection: Selection) -> tuple[LoadedModel, ChannelAnalysis]:
@@ -209,7 +251,7 @@ def _measure(cfg: PipelineConfig, r: Results) -> Measurement | None:
         if 1 - tol <= miss <= 1.0 + tol / 3:
             break
         solver_budget = min(max(solver_budget / miss, plan.min_ms), plan.dense_ms)
-        sel2 = solve_budget(cfg, plan, sel.orders or {}, sel.values or {}, solver_budget)
+        sel2 = solve_live(cfg, plan, loaded, r["analysis"], sel.orders or {}, sel.values or {}, solver_budget)
         if sel2.widths == candidates[-1][1].widths:
             break
         res2 = rewrite(loaded, r["analysis"], sel2.keep, check=cfg.check)
@@ -262,14 +304,14 @@ def _guard(cfg: PipelineConfig, r: Results) -> Guards:
     kept, an output cut off from the inputs (always refused); with ``strict``, any warning refuses."""
     selection, result = final_choice(r)
     loaded, analysis = base_of(r, selection)
-    check = r["verification"]
-    if not check.candidate_input_sensitive:
-        from ..passes.verify import compare
+    if any(after == 0 for _, after in result.widths.values()) or not r["verification"].candidate_input_sensitive:
+        from ..passes.liveness import live_outputs
 
-        dense = compare(loaded.model, loaded.model, trials=2)
-        if dense.input_sensitive:
-            raise HalpError(f"{loaded.source}: refused: the pruned model's outputs no longer depend on its inputs "
-                            "(too much was removed); ask for a larger budget or use --no-removal", stage="guard")
+        dead = sorted(live_outputs(loaded.model) - live_outputs(result.model, like=loaded.model))
+        if dead:
+            raise HalpError(f"{loaded.source}: refused: the pruned model's output '{dead[0]}' no longer depends on "
+                            "its inputs (too much was removed); ask for a larger budget or use --no-removal",
+                            stage="guard")
     warnings: list[str] = []
     removed = []
     for g, (before, after) in sorted(result.widths.items()):

@@ -122,6 +122,7 @@ def block_model(sig: BlockSignature, c_in: int, c_out: int, *, seed: int = 0) ->
         raise HalpError(f"block {sig.key()}: no block model for op {sig.op}", stage=STAGE)
 
     epilogue = sig.epilogue if sig.op in ANCHOR_OPS else ()
+    pre = y  # the anchor's output, which a gating op after an activation multiplies (SiLU: x * sigmoid(x))
     for op in epilogue:
         if latency_role(op) is Latency.NORM:
             continue  # folded into the weights by every runtime
@@ -130,6 +131,8 @@ def block_model(sig: BlockSignature, c_in: int, c_out: int, *, seed: int = 0) ->
                 raise TypeError(f"block {sig.key()}: no output shape for the residual input")
             inputs.append(helper.make_tensor_value_info("r", dt, list(out_shape)))
             y = node("Add", [y, "r"])
+        elif op in BINARY_OPS:
+            y = node(op, [pre, y])
         elif op == "Clip":
             y = node("Clip", [y, const(f"lo{len(nodes)}", np.array(0.0)), const(f"hi{len(nodes)}", np.array(6.0))])
         else:

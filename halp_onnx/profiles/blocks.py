@@ -9,6 +9,7 @@ knapsack prices a group's width.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,9 @@ import onnx
 
 from ..passes.channel_groups import ChannelAnalysis
 from ..passes.load import LoadedModel
-from ..ops.table import ANCHOR_OPS, MATRIX_ANCHOR_OPS, SPATIAL_ANCHOR_OPS, Latency, latency_role, ops_with
+from ..ops.table import (ANCHOR_OPS, MATRIX_ANCHOR_OPS, SPATIAL_ANCHOR_OPS, GpuFusion, Latency, gpu_fusion,
+                         latency_role, ops_with)
+from .fusion import STYLES, epilogue as trt_epilogue, regions as trt_regions
 from .signature import BlockSignature
 
 # the op table's latency facet: activations a runtime folds into the epilogue of the preceding GEMM-like
@@ -50,8 +53,19 @@ def _dtype(precision: str) -> str:
     return {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}[precision]
 
 
-def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: str = "fp32") -> list[Block]:
-    """Every block of the model, GEMM-like ones with their fused epilogues, in graph order."""
+def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: str = "fp32",
+                 fusion: str = "ort") -> list[Block]:
+    """Every block of the model, GEMM-like ones with their fused epilogues, in graph order.
+
+    ``fusion``: how the runtime groups ops into kernels. ``"ort"`` (onnxruntime): an anchor fuses a
+    chain of single-reader ops (BatchNormalization, one activation, the residual Add) and every other
+    op is a kernel of its own. ``"tensorrt"`` (:mod:`.fusion`): an anchor fuses the point-wise region
+    after it (SiLU, erf-GELU, scales, the residual Add), the remaining point-wise / reduction / layout
+    ops form one kernel per connected region (attention's products included), and concatenations are
+    free."""
+    if fusion not in STYLES:
+        raise ValueError(f"model_blocks: fusion must be one of {', '.join(STYLES)}, got {fusion!r}")
+    trt = fusion == "tensorrt"
     graph = loaded.model.graph
     shapes = loaded.shapes
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -70,8 +84,11 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
         if out_shape is None or in_shape is None:
             continue
         batch = int(in_shape[0]) if in_shape else 1
+        if trt and (gpu_fusion(node.op_type) is not GpuFusion.KERNEL or (
+                node.op_type in MATRIX_ANCHOR_OPS and node.input[1] not in loaded.constants)):
+            continue  # priced with its region below (concatenations: written in place, free)
         if node.op_type in SPATIAL_ANCHOR_OPS and len(in_shape) >= 3:
-            epilogue, fused, last = _epilogue(node, readers, outputs)
+            epilogue, fused, last = _anchor_epilogue(node, readers, outputs, loaded, trt)
             fused_into.update(fused)
             weight = shapes[node.input[1]]
             if weight is None:  # same exception type as indexing the unknown shape would raise
@@ -91,7 +108,7 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
                                  epilogue=_kernel_ops(epilogue))
             blocks.append(Block(node.name, fused, sig, node.input[0], last, int(in_shape[1]), int(out_shape[1])))
         elif node.op_type in MATRIX_ANCHOR_OPS and node.input[1] in loaded.constants:
-            epilogue, fused, last = _epilogue(node, readers, outputs)
+            epilogue, fused, last = _anchor_epilogue(node, readers, outputs, loaded, trt)
             fused_into.update(fused)
             rows = int(np.prod(in_shape[:-1])) // max(batch, 1) if node.op_type == "MatMul" else int(in_shape[0])
             sig = BlockSignature(op=node.op_type, kernel=(), stride=(), pads=(), dilation=(), groups="dense",
@@ -110,14 +127,52 @@ def model_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, *, precision: s
                                  batch=batch, dtype=_dtype(precision), epilogue=(node.op_type,))
             width = int(analysis.labels[out].ids.size)
             blocks.append(Block(node.name, (), sig, out, out, width, width))
+    if trt:
+        blocks.extend(_region_blocks(loaded, analysis, fused_into, outputs, precision))
+        order = {n.name: i for i, n in enumerate(graph.node)}
+        blocks.sort(key=lambda b: order.get(b.node, len(order)))
     return blocks
 
 
-def orphan_signatures(sig: BlockSignature) -> tuple[BlockSignature, ...]:
+def _anchor_epilogue(node, readers, outputs, loaded: LoadedModel, trt: bool):
+    if trt:
+        return trt_epilogue(node, readers, outputs, loaded.constants)
+    return _epilogue(node, readers, outputs)
+
+
+def _region_blocks(loaded: LoadedModel, analysis: ChannelAnalysis, fused_into: set[str], outputs: set[str],
+                   precision: str) -> list[Block]:
+    """One memory-bound block per generated kernel (:func:`.fusion.regions`): one launch plus the bytes
+    of the tensors it reads from and writes to memory, priced as an element-wise op over the widest
+    labelled of them (the ``Fused`` signature; its element count per channel carries the traffic)."""
+    shapes = loaded.shapes
+    blocks: list[Block] = []
+    for reg in trt_regions(loaded.model.graph, fused_into, loaded.constants, outputs):
+        sizes = {t: s for t in (*reg.inputs, *reg.outputs) if (s := shapes.get(t))}
+        labelled = [t for t, s in sizes.items() if analysis.labels.get(t) is not None and len(s) >= 2]
+        if not labelled or not reg.outputs:
+            continue  # frozen: a constant of the model, as unlabelled memory-bound ops are
+        rep = max(labelled, key=lambda t: math.prod(sizes[t]))
+        batch = max(int(sizes[rep][0]), 1)
+        width = int(analysis.labels[rep].ids.size)
+        traffic = sum(math.prod(s) for s in sizes.values())
+        per_channel = max(int(round(traffic / (2 * batch * max(width, 1)))), 1)
+        kinds = tuple(sorted(set(reg.ops))) if reg.computes else ("Copy",)
+        sig = BlockSignature(op="Elementwise", kernel=(), stride=(), pads=(), dilation=(), groups="depthwise",
+                             in_hw=(per_channel,), batch=batch, dtype=_dtype(precision), epilogue=("Fused", *kinds))
+        blocks.append(Block(reg.nodes[0], reg.nodes[1:], sig, rep, rep, width, width))
+    return blocks
+
+
+def orphan_signatures(sig: BlockSignature, fusion: str = "ort") -> tuple[BlockSignature, ...]:
     """What is left of a GEMM-like block whose input channels are all removed (its branch folded to a
     constant): its epilogue ops (the residual Add, the activation) run as element-wise ops over the
-    output. Empty for memory-bound blocks and blocks without an epilogue."""
+    output. Under TensorRT (``fusion="tensorrt"``) nothing: it folds the constant branch when it builds
+    the engine and fuses the add of the constant into a neighbouring point-wise kernel. Empty for memory-bound blocks and blocks without
+    an epilogue."""
     if sig.op not in ANCHOR_OPS or not sig.epilogue:
+        return ()
+    if fusion == "tensorrt":  # the add of a constant fuses into the kernel next to it
         return ()
     elems = 1
     for d in sig.out_hw():

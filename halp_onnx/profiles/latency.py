@@ -86,7 +86,7 @@ def _varies(analysis: ChannelAnalysis, tensor: str) -> bool:
     return any(int(g) in prunable for g in np.unique(analysis.channel_group[ids]))
 
 
-def domains(blocks: Sequence[Block], analysis: ChannelAnalysis) -> dict[str, Domain]:
+def domains(blocks: Sequence[Block], analysis: ChannelAnalysis, fusion: str = "ort") -> dict[str, Domain]:
     out: dict[str, Domain] = {}
     for b in blocks:
         sig = b.signature
@@ -101,7 +101,7 @@ def domains(blocks: Sequence[Block], analysis: ChannelAnalysis) -> dict[str, Dom
         key = sig.key()
         out[key] = out[key].grow(d) if key in out else d
         if d.vary_in and not diagonal:  # the input side may be removed: time what would be left
-            for o in orphan_signatures(sig):
+            for o in orphan_signatures(sig, fusion):
                 od = Domain(b.c_out, b.c_out, d.vary_out, d.vary_out, True, 1, True)
                 out[o.key()] = out[o.key()].grow(od) if o.key() in out else od
     return out
@@ -137,7 +137,7 @@ class LatencyModel:
         if c_out <= 0:
             return 0.0
         if c_in <= 0:
-            return sum(self.block_ms(o, c_out, c_out) for o in orphan_signatures(sig)
+            return sum(self.block_ms(o, c_out, c_out) for o in orphan_signatures(sig, self.target.fusion)
                        if self.profile is None or o.key() in self.profile.tables)
         if self.profile is None:
             return analytic.estimate_ms(sig, c_in, c_out, self._gpu_spec())
@@ -321,7 +321,7 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
     t = get_target(target)
     batch = model_batch(loaded)
     t = t.with_batch(batch) if batch != t.batch else t
-    blocks = list(blocks) if blocks is not None else model_blocks(loaded, analysis, precision=t.precision)
+    blocks = list(blocks) if blocks is not None else model_blocks(loaded, analysis, precision=t.precision, fusion=t.fusion)
     available, reason = target_status(t)
     if measure is None:
         measure = available or t.gpu is None
@@ -358,7 +358,7 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
         from .transfer import describe
 
         notes.append(describe(prof))
-    doms = domains(blocks, analysis)
+    doms = domains(blocks, analysis, t.fusion)
     todo = {k: d for k, d in doms.items() if remeasure or not _covered(prof, k, d)}
     reused = sum(len(prof.tables[k].points) for k in doms if k in prof.tables)
     new = runs = isolated = 0

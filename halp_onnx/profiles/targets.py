@@ -83,6 +83,12 @@ class Target:
         return get_gpu_spec(self.gpu) if self.gpu else None
 
     @property
+    def fusion(self) -> str:
+        """How the runtime groups ops into kernels (``profiles.blocks.model_blocks``): TensorRT's fusions
+        for TensorRT targets, onnxruntime's for the rest."""
+        return "tensorrt" if self.backend == "tensorrt" else "ort"
+
+    @property
     def estimable(self) -> bool:
         """Whether the analytic model can stand in for a measurement of this target."""
         return self.gpu is not None
