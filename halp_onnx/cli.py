@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch", type=int, default=1, help="batch size for a dynamic batch dim, or a new one for a "
                     "fixed batch where the graph allows it (default 1)")
     add_guard_options(pr)
+    from .cli_compile import add_calib_options, add_repair_option
+
+    add_calib_options(pr, "for the statistics repair after pruning: .npz (input arrays or images[, labels]) or an "
+                          "image folder; top-1 before / after is reported when it has labels")
+    add_repair_option(pr)
 
     from . import cli_compile, cli_profile
 
@@ -239,12 +244,16 @@ def _prune(args) -> int:
     from .cli_profile import input_shapes
     from .report_schema import report
 
-    plan = OutputPlan("prune", inputs=[("model", args.model)])
+    from .cli_compile import calib_settings, say_repair
+
+    settings = calib_settings(args)
+    plan = OutputPlan("prune", inputs=[("model", args.model), ("--calib", args.calib)])
     plan.add("-o", args.out, "model")
     plan.add_report(args.report, args.json)
     with plan:
         res = prune(args.model, args.ratio, criterion=args.criterion, seed=args.seed,
-                    input_shapes=input_shapes(args.model, args.input_shape, args.batch), **guard_kwargs(args))
+                    input_shapes=input_shapes(args.model, args.input_shape, args.batch), calib=args.calib,
+                    calib_samples=args.calib_samples, repair=args.repair, **settings, **guard_kwargs(args))
         for w in res.warnings:
             plan.warn(w)
         loaded, analysis, result, check = res.loaded, res.analysis, res.rewrite, res.verification
@@ -252,17 +261,19 @@ def _prune(args) -> int:
         if check is not None and not check.input_sensitive:
             plan.warn("the model's outputs did not change with its inputs, so the verification is weak "
                       "(untrained weights whose activations vanish?)")
-        plan.stage_model("model", result.model)
+        plan.stage_model("model", res.model)  # repaired where --calib gave data
         if plan.reports:
             plan.stage_report(report(
                 "prune", input=args.model, outputs=plan.written(), model=loaded.to_dict(), params=result.params,
                 macs=result.macs, groups=analysis_groups(analysis, result.widths),
                 verification=check.to_dict() if check else None, seconds=_total(plan, times),
-                warnings=plan.warnings, details={"ratio": args.ratio, "criterion": args.criterion, "seed": args.seed}))
+                warnings=plan.warnings, details={"ratio": args.ratio, "criterion": args.criterion, "seed": args.seed,
+                                                 "repair": res.repair}))
         _print_table(analysis, result, plan.say)
         if check is not None:
             plan.say(f"verified: max relative error {check.max_rel_error:.2e} (tolerance {check.tolerance:g}, "
                      f"{check.trials} random inputs)")
+        say_repair(res.repair, plan.say)
         plan.say("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
         written = plan.commit()
     plan.say("wrote " + ", ".join(p for p in written.values() if p != "-"))

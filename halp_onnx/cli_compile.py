@@ -33,21 +33,15 @@ def add_parser(sub):
     p.add_argument("--json", action="store_true", help="print the report on stdout (human text on stderr)")
     p.add_argument("--html", help="write an HTML report with plots here (needs matplotlib)")
     p.add_argument("--engine", help="also build a TensorRT engine of the result here (trt-* targets, TensorRT needed)")
-    p.add_argument("--calib", help="calibration data for Taylor importance: .npz (input arrays or images[, labels]) "
-                                   "or an image folder; without it, magnitude importance")
-    p.add_argument("--mean", default="0.485,0.456,0.406", help="preprocessing mean of --calib images ([0,1] pixels)")
-    p.add_argument("--std", default="0.229,0.224,0.225", help="preprocessing std of --calib images")
-    p.add_argument("--size", help="resize --calib images to this size (H or HxW)")
-    p.add_argument("--calib-samples", type=int, default=2000, help="calibration images to use (default 2000)")
+    add_calib_options(p, "for Taylor importance and the statistics repair: .npz (input arrays or images[, labels]) "
+                         "or an image folder; without it, magnitude importance and no repair")
     p.add_argument("--solver", default="exact", choices=("exact", "augmented"),
                    help="exact multiple-choice knapsack (default) or the paper's augmented greedy")
     p.add_argument("--min-keep", type=float, default=0.1, help="smallest share of a group's channels kept (default 0.1)")
     p.add_argument("--no-removal", action="store_true", help="never prune a group to zero (no block removal)")
     p.add_argument("--prune-first", action="store_true", help="also prune the first layer's output channels")
     add_guard_options(p)
-    p.add_argument("--repair", action=argparse.BooleanOptionalAction, default=None,
-                   help="match the pruned model's per-channel statistics to the dense model's on --calib data "
-                        "(default: on with --calib)")
+    add_repair_option(p)
     p.add_argument("--no-measure", action="store_true", help="do not time the models on the target")
     p.add_argument("--profile", help="profile JSON to use/extend (default: the user cache, then hw_profiles/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, stage lines or warnings")
@@ -68,6 +62,45 @@ def add_parser(sub):
     it.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(run=run)
     return p
+
+
+def add_calib_options(p, what: str) -> None:
+    """``--calib`` and its preprocessing, shared by ``compile`` and ``prune``."""
+    p.add_argument("--calib", help=f"calibration data {what}")
+    p.add_argument("--mean", default="0.485,0.456,0.406", help="preprocessing mean of --calib images ([0,1] pixels)")
+    p.add_argument("--std", default="0.229,0.224,0.225", help="preprocessing std of --calib images")
+    p.add_argument("--size", help="resize --calib images to this size (H or HxW)")
+    p.add_argument("--calib-samples", type=int, default=2000, help="calibration images to use (default 2000)")
+
+
+def add_repair_option(p) -> None:
+    p.add_argument("--repair", action=argparse.BooleanOptionalAction, default=None,
+                   help="match the pruned model's per-channel statistics to the dense model's on --calib data "
+                        "(default: on with --calib)")
+
+
+def say_repair(repair: dict | None, say) -> None:
+    """One line on the statistics repair: what it changed and, with labelled --calib data, top-1 on those
+    images before and after (in-sample: a check, not a test score)."""
+    if not repair:
+        return
+    line = (f"repair: {repair['layers']} layers matched to the dense model on {repair['samples']} calibration "
+            f"inputs ({repair['seconds']:.1f}s)")
+    if repair.get("top1_before") is not None and repair.get("top1_after") is not None:
+        line += f"; top-1 on them {100 * repair['top1_before']:.1f}% -> {100 * repair['top1_after']:.1f}%"
+    say(line)
+
+
+def calib_settings(args) -> dict:
+    """The checked calibration options as keyword arguments of ``compile`` / ``prune``."""
+    from .data import parse_floats, parse_size
+
+    if args.repair and args.calib is None:
+        raise HalpError("--repair needs calibration data (--calib images or .npz)", stage=STAGE)
+    if args.calib is not None and not Path(args.calib).exists():
+        raise HalpError(f"--calib {args.calib}: no such file or folder", stage=STAGE)
+    return {"mean": parse_floats(args.mean, "--mean", 3), "std": parse_floats(args.std, "--std", 3),
+            "size": parse_size(args.size) if args.size else None}
 
 
 def _plan(args, target):
@@ -91,7 +124,6 @@ def run(args) -> int:
     from .cli_profile import input_shapes, resolve_target
     from .budget import LatencyBudget
     from .compiler import compile
-    from .data import parse_floats, parse_size
     from .profiles.targets import target_status
 
     budget = LatencyBudget.parse(args.latency)
@@ -105,13 +137,8 @@ def run(args) -> int:
         from .profiles.backends import check_int8_engine
 
         check_int8_engine(target, args.model, args.calib is not None)
-    if args.repair and args.calib is None:
-        raise HalpError("--repair needs calibration data (--calib images or .npz)", stage=STAGE)
-    if args.calib is not None and not Path(args.calib).exists():
-        raise HalpError(f"--calib {args.calib}: no such file or folder", stage=STAGE)
-    mean = parse_floats(args.mean, "--mean", 3)
-    std = parse_floats(args.std, "--std", 3)
-    size = parse_size(args.size) if args.size else None
+    settings = calib_settings(args)
+    mean, std, size = settings["mean"], settings["std"], settings["size"]
     progress = not args.quiet and sys.stderr.isatty()
     if args.iterative:
         if not args.data:
@@ -146,6 +173,7 @@ def run(args) -> int:
         if plan.reports:
             plan.stage_report(compile_report(result, plan, args))
         print_summary(result, plan.say, notes=False)  # warnings: one line each, on stderr
+        say_repair(result.repair, plan.say)
         written = plan.commit()
     plan.say("wrote " + ", ".join(p for p in written.values() if p != "-"))
     return 0

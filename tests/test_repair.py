@@ -289,3 +289,34 @@ def test_repair_recovers_pruned_cifar_resnet20(tmp_path):
           f"repair on 512 images ({rr.seconds:.1f} s, {len(rr.per_layer_shift)} layers)")
     assert after >= before + 0.04
     assert [n.op_type for n in rr.model.graph.node] == [n.op_type for n in res.model.graph.node]
+
+
+def test_prune_cli_repairs_with_calib(tmp_path, capsys):
+    """``prune --calib`` repairs the pruned model's statistics and says what it did; without --calib or with
+    --no-repair it does not; --repair without data is refused before anything is written."""
+    import json
+
+    from halp_onnx.cli import main
+    from halp_onnx.passes.rewrite import save_model
+
+    src, out, rep = tmp_path / "m.onnx", tmp_path / "p.onnx", tmp_path / "r.json"
+    save_model(folded_resnet(), src)
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, input=(rng.standard_normal((48, 3, 8, 8)) + 0.3).astype(np.float32), labels=rng.integers(0, 4, 48))
+    assert main(["prune", str(src), "--ratio", "0.3", "-o", str(out), "--calib", str(npz), "--report", str(rep)]) == 0
+    text = capsys.readouterr().out
+    assert "repair:" in text and "top-1 on them" in text
+    details = json.loads(rep.read_text())["details"]
+    assert details["repair"]["layers"] > 0 and details["repair"]["samples"] == 48
+    repaired = onnx.load(str(out))
+    out2 = tmp_path / "p2.onnx"
+    assert main(["prune", str(src), "--ratio", "0.3", "-o", str(out2), "--calib", str(npz), "--no-repair"]) == 0
+    assert "repair:" not in capsys.readouterr().out
+    plain = onnx.load(str(out2))
+    assert [n.op_type for n in plain.graph.node] == [n.op_type for n in repaired.graph.node]
+    assert any(not np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+               for a, b in zip(plain.graph.initializer, repaired.graph.initializer))
+    out3 = tmp_path / "p3.onnx"
+    assert main(["prune", str(src), "--ratio", "0.3", "-o", str(out3), "--repair"]) == 2
+    assert "--repair needs calibration data" in capsys.readouterr().err and not out3.exists()
