@@ -99,7 +99,7 @@ ZOO: dict[str, tuple[Callable[[], tuple[Any, Any]], int]] = {
     "hf_vit_tiny": (_hf_vit, 0),
     "vit_b_16": (_vit_b_16, 0),
 }
-DEFAULT = ("vit_tiny", "deit_tiny", "swin_tiny", "convnext_atto", "mobilevit_xxs", "bert_tiny", "vit_b_16")
+DEFAULT = tuple(ZOO)
 
 
 def _jitter(module, seed: int = 0) -> None:
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--force", action="store_true", help="export again over existing files")
+    ap.add_argument("--md", type=Path, help="also append the table, with the command that made it, to this file")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -228,15 +229,23 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{name}: {row}", file=sys.stderr, flush=True)
     cols = ["model", "params", "share", "heads", "prune", "compile", "frozen"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         cells = []
         for c in cols:
             v = row.get(c, "")
             cells.append(f"{v / 1e6:.1f}M" if c == "params" and v != "" else
                          f"{100 * v:.1f}%" if c == "share" and v != "" else str(v))
-        print("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    if args.md:
+        feasible = sum(1 for r in rows if str(r.get("compile", "")).startswith("feasible") and "verified" in
+                       str(r.get("compile", "")))
+        verified = sum(1 for r in rows if str(r.get("prune", "")).startswith("verified"))
+        cmd = "python tools/zoo_transformers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        with open(args.md, "a") as fh:
+            fh.write(f"\n## {args.exporter} exports\n\nMade by `{cmd}`. prune 0.3 verified {verified}/{len(rows)}; "
+                     f"compile trt-v100 0.5 feasible and verified {feasible}/{len(rows)}.\n\n" + "\n".join(lines) + "\n")
     return 0
 
 
