@@ -49,18 +49,19 @@ def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int 
           min_params: float = 0.25, strict: bool = False, calib: Any = None,
           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
           size: int | tuple[int, int] | None = None, calib_samples: int = 2000,
-          repair: bool | None = None) -> PruneResult:
+          repair: bool | None = None, reconstruct: bool = True) -> PruneResult:
     """Remove ``ratio`` of every prunable group's channels, rewrite, and verify (always).
     ``on_stage(name, seconds)`` is called as each pipeline stage ends; the guards as in ``compile``.
     With ``calib`` (calibration images or input arrays, as ``compile`` takes them) the verified model's
-    per-channel statistics are repaired to the dense model's (passes.repair; ``repair=False`` skips it) and
-    the repaired model is ``model``."""
+    disturbed layers are refitted by least squares (passes.reconstruct; ``reconstruct=False`` skips it) and
+    per-channel statistics matched to the dense model's (passes.repair; ``repair=False`` skips both); the
+    repaired model is ``model``."""
     if repair and calib is None:
         raise HalpError("repair needs calibration data (calib=...)", stage="prune")
     cfg = PipelineConfig(model, mode="ratio", ratio=ratio, criterion=criterion, seed=seed, input_shapes=input_shapes,
                          check=check, exclude=tuple(exclude), round_to=round_to, min_params=min_params,
                          strict=strict, calib=calib, mean=mean, std=std, size=size, calib_samples=calib_samples,
-                         repair=repair)
+                         repair=repair, reconstruct=reconstruct)
     return prune_result(PIPELINE.run(cfg, on_stage=on_stage))
 
 

@@ -75,8 +75,10 @@ def add_calib_options(p, what: str) -> None:
 
 def add_repair_option(p) -> None:
     p.add_argument("--repair", action=argparse.BooleanOptionalAction, default=None,
-                   help="match the pruned model's per-channel statistics to the dense model's on --calib data "
-                        "(default: on with --calib)")
+                   help="repair the pruned model on --calib data: refit the disturbed layers by least squares, then "
+                        "match per-channel statistics to the dense model's (default: on with --calib)")
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=True,
+                   help="within the repair, the least-squares refit of the layers pruning disturbed (default: on)")
 
 
 def say_repair(repair: dict | None, say) -> None:
@@ -84,8 +86,13 @@ def say_repair(repair: dict | None, say) -> None:
     images before and after (in-sample: a check, not a test score)."""
     if not repair:
         return
-    line = (f"repair: {repair['layers']} layers matched to the dense model on {repair['samples']} calibration "
-            f"inputs ({repair['seconds']:.1f}s)")
+    rec = repair.get("reconstructed")
+    line = "repair: "
+    if rec:
+        line += (f"{rec['layers']} layers refitted by least squares (error {rec['mean_error_before']:.3f} -> "
+                 f"{rec['mean_error_after']:.3f} of the dense output's variance, {rec['seconds']:.1f}s), then ")
+    line += (f"{repair['layers']} layers' statistics matched to the dense model on {repair['samples']} calibration "
+             f"inputs ({repair['seconds']:.1f}s)")
     if repair.get("top1_before") is not None and repair.get("top1_after") is not None:
         line += f"; top-1 on them {100 * repair['top1_before']:.1f}% -> {100 * repair['top1_after']:.1f}%"
     say(line)
@@ -100,7 +107,7 @@ def calib_settings(args) -> dict:
     if args.calib is not None and not Path(args.calib).exists():
         raise HalpError(f"--calib {args.calib}: no such file or folder", stage=STAGE)
     return {"mean": parse_floats(args.mean, "--mean", 3), "std": parse_floats(args.std, "--std", 3),
-            "size": parse_size(args.size) if args.size else None}
+            "size": parse_size(args.size) if args.size else None, "reconstruct": args.reconstruct}
 
 
 def _plan(args, target):
@@ -139,6 +146,7 @@ def run(args) -> int:
         check_int8_engine(target, args.model, args.calib is not None)
     settings = calib_settings(args)
     mean, std, size = settings["mean"], settings["std"], settings["size"]
+    reconstruct = settings["reconstruct"]
     progress = not args.quiet and sys.stderr.isatty()
     if args.iterative:
         if not args.data:
@@ -160,7 +168,7 @@ def run(args) -> int:
                          allow_removal=not args.no_removal, prune_first=args.prune_first, threads=args.threads,
                          input_shapes=input_shapes(args.model, args.input_shape, args.batch),
                          measure_result=not args.no_measure, progress=progress, profile_path=args.profile,
-                         on_stage=plan.on_stage, repair=args.repair, **guard_kwargs(args))
+                         on_stage=plan.on_stage, repair=args.repair, reconstruct=reconstruct, **guard_kwargs(args))
         for w in result.warnings:
             plan.warn(w)
         if args.engine:

@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+RECONSTRUCT = True  # the pipeline's default (--no-reconstruct: the statistics repair alone)
 ROWS = ("dense", "prune", "compile-0.8", "compile-0.5", "dense-ft", "compile-0.5-3ep")
 
 
@@ -78,13 +79,14 @@ def top1(model) -> dict:
 
 
 def _repair(run_or_prune, calib: Path) -> tuple:
-    from halp_onnx.passes.repair import repair
+    from halp_onnx.passes.reconstruct import reconstruct_and_repair
 
     if isinstance(run_or_prune, dict):
         loaded, analysis, result = run_or_prune["loaded"], run_or_prune["analysis"], run_or_prune["result"]
     else:
         loaded, analysis, result = run_or_prune.loaded, run_or_prune.analysis, run_or_prune.rewrite
-    return repair(loaded, analysis, result, _calib_batches(calib), threads=1)
+    return reconstruct_and_repair(loaded, analysis, result, _calib_batches(calib), threads=1,
+                                  reconstruct_first=RECONSTRUCT)
 
 
 def _save(model, path: Path) -> None:

@@ -72,6 +72,7 @@ class RepairResult:
     residual: float | None = None
     kinds: dict[str, int] = field(default_factory=dict)  # "bias" / "scale" / "bn" / "constant" -> count
     note: str = ""
+    reconstructed: dict | None = None  # passes.reconstruct's summary when it ran first (the pipeline's repair)
 
     def to_dict(self) -> dict:
         shifts = list(self.per_layer_shift.values())
@@ -80,7 +81,7 @@ class RepairResult:
                 "mean_shift": float(np.mean(shifts)) if shifts else 0.0,
                 "residual": self.residual, "top1_before": self.top1_before, "top1_after": self.top1_after,
                 "per_layer_shift": {k: round(float(v), 6) for k, v in self.per_layer_shift.items()},
-                "note": self.note}
+                "note": self.note, "reconstructed": self.reconstructed}
 
 
 # ---------------------------------------------------------------------------------------------- data

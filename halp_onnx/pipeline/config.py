@@ -61,6 +61,7 @@ class PipelineConfig:
     # rewrite / verify / repair (statistics of the pruned model matched to the dense one on --calib data)
     check: bool = True
     repair: bool | None = None  # None: on when calibration data is given
+    reconstruct: bool = True  # within repair: least-squares refit of the disturbed layers first (passes.reconstruct)
     # iterative mode: the torch bridge's settings, whose select(config, results) trains while pruning
     # (halp_onnx.torch.halp.IterativeSettings)
     iterative: Any = None

@@ -286,13 +286,14 @@ def _repair(cfg: PipelineConfig, r: Results):
     """Per-channel statistics of the verified pruned model matched to the dense model's on the calibration
     data (passes.repair); the repaired model is what is written."""
     from ..passes.calibration import calibration_batches
-    from ..passes.repair import repair
+    from ..passes.reconstruct import reconstruct_and_repair
 
     selection, result = final_choice(r)
     loaded, analysis = base_of(r, selection)
     batches = calibration_batches(loaded, cfg.calib, mean=cfg.mean, std=cfg.std, size=cfg.size,
                                   samples=cfg.calib_samples, batch_size=cfg.calib_batch)
-    return repair(loaded, analysis, result, batches, threads=cfg.threads)
+    return reconstruct_and_repair(loaded, analysis, result, batches, threads=cfg.threads,
+                                  reconstruct_first=cfg.reconstruct)
 
 
 def _repairs(cfg: PipelineConfig) -> bool:
@@ -357,7 +358,8 @@ PIPELINE = Pipeline((
           doc="onnxruntime: the rewrite computes what the masked original computes (passes.verify)"),
     Stage("repair", "repaired", _repair, ("loaded", "analysis", "selection", "rewritten", "verification"),
           ("measured",), when=_repairs,
-          doc="per-channel statistics of the pruned model matched to the dense model's (passes.repair)"),
+          doc="the disturbed layers refitted by least squares (passes.reconstruct), then per-channel statistics "
+              "matched to the dense model's (passes.repair)"),
     Stage("guard", "guards", _guard, ("loaded", "analysis", "selection", "rewritten", "verification"),
           ("measured",), doc="warn about removed branches and few kept parameters; refuse a dead model"),
 ))

@@ -1,0 +1,236 @@
+"""Pass ``reconstruct``: refit the weights of the layers pruning disturbed so that each reproduces the
+dense model's output from the inputs it now gets (least squares on calibration data; onnxruntime and
+numpy only).
+
+Removing channels leaves a convolution with fewer inputs than it was trained on, and every layer
+downstream sees inputs that drifted. The statistics repair (:mod:`.repair`) moves each output
+channel's mean and spread back; this pass goes further, as channel-pruning methods do (He et al.,
+2017, "Channel Pruning for Accelerating Very Deep Neural Networks"; the layer-wise reconstruction of
+post-training compression): for every Conv (one group) and Gemm with a constant weight whose input
+changed, in topological order, the kept output channels' weights and bias are the ridge
+regression of the dense model's output at that layer on the pruned model's input at that layer, as
+reconstructed so far::
+
+    W', b' = argmin || Y_dense[:, kept] - (W' * X_pruned + b') ||^2 + lambda ||W'||^2
+
+over sampled output positions of the calibration images (im2col rows for a convolution). A layer is
+changed only when the refit lowers the error on rows held out of the fit, so a layer with too little
+data keeps its weights. Output shapes, names and nodes do not change.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+
+from ..errors import HalpError
+from .channel_groups import ChannelAnalysis
+from .load import LoadedModel
+from .repair import (RepairResult, _affected, _attr, _batches_of, _Editor, _kept_positions, _Runner, _sweep, _top1,
+                     repair)
+from .rewrite import RewriteResult
+
+STAGE = "reconstruct"
+
+
+@dataclass(frozen=True)
+class ReconstructResult:
+    """``model``: the refitted pruned model; ``per_layer``: node -> (held-out error before, after) in
+    units of the dense output's variance (only layers that changed)."""
+
+    model: onnx.ModelProto
+    per_layer: dict[str, tuple[float, float]]
+    skipped: dict[str, str]
+    seconds: float
+    samples: int
+    rows: int
+    note: str = ""
+    top1_before: float | None = None  # on the labelled calibration inputs, of the model as given
+
+    def to_dict(self) -> dict:
+        before = [b for b, _ in self.per_layer.values()]
+        after = [a for _, a in self.per_layer.values()]
+        return {"layers": len(self.per_layer), "skipped": len(self.skipped), "samples": self.samples,
+                "rows": self.rows, "seconds": round(self.seconds, 3),
+                "mean_error_before": float(np.mean(before)) if before else 0.0,
+                "mean_error_after": float(np.mean(after)) if after else 0.0, "note": self.note,
+                "top1_before": self.top1_before}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    node: str
+    op: str
+    x: str  # input tensor (pruned model)
+    y: str  # output tensor (same name in both models)
+    keep: np.ndarray  # dense output channels the pruned layer keeps
+
+
+def _layers(loaded: LoadedModel, analysis: ChannelAnalysis, pruned: onnx.ModelProto, kept: np.ndarray) -> list[_Layer]:
+    dense_nodes = {n.name: n for n in loaded.model.graph.node}
+    consts = {t.name for t in pruned.graph.initializer}
+    _, changed = _affected(loaded.model, analysis, kept)
+    shapes = loaded.shapes
+    out: list[_Layer] = []
+    for node in pruned.graph.node:
+        if node.name not in dense_nodes or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        y = node.output[0]
+        if node.op_type == "Conv":
+            ok = int(_attr(node, "group", 1)) == 1
+        elif node.op_type == "Gemm":
+            ok = not _attr(node, "transA", 0) and float(_attr(node, "alpha", 1.0)) == 1.0
+        else:
+            continue
+        if not ok or y not in changed and node.input[0] not in changed:
+            continue
+        s = shapes.get(y)
+        if s is None or len(s) < 2:
+            continue
+        keep = _kept_positions(analysis, kept, y, int(s[1]))
+        if keep is None or not keep.any():
+            continue
+        out.append(_Layer(node.name, node.op_type, node.input[0], y, keep))
+    return out
+
+
+def _positions(rng: np.random.Generator, shape: tuple[int, ...], per_sample: int) -> tuple[np.ndarray, ...]:
+    """Sampled (sample, spatial...) positions of an output of ``shape`` (channels excluded)."""
+    n, spatial = shape[0], shape[2:]
+    k = min(per_sample, int(np.prod(spatial)) if spatial else 1)
+    idx = [np.repeat(np.arange(n), k)]
+    for d in spatial:
+        idx.append(rng.integers(0, d, n * k))
+    return tuple(idx)
+
+
+def _rows_conv(x: np.ndarray, node: onnx.NodeProto, w_shape: tuple[int, ...], pos: tuple[np.ndarray, ...]
+               ) -> np.ndarray:
+    """im2col rows of ``x`` (N, C, H, W...) at the output positions ``pos`` of ``node``."""
+    nd = x.ndim - 2
+    k = w_shape[2:]
+    strides = list(_attr(node, "strides", [1] * nd))
+    dil = list(_attr(node, "dilations", [1] * nd))
+    pads = list(_attr(node, "pads", [0] * 2 * nd))
+    if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise HalpError(f"{node.name}: auto_pad is not supported here", stage=STAGE)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[nd + i]) for i in range(nd)])
+    n_idx = pos[0]
+    index: list[Any] = [n_idx.reshape(-1, *([1] * (nd + 1))), np.arange(x.shape[1]).reshape(1, -1, *([1] * nd))]
+    for i in range(nd):
+        tap = pos[1 + i][:, None] * strides[i] + np.arange(k[i])[None, :] * dil[i]  # (P, k_i)
+        shape = [-1, 1] + [1] * nd
+        shape[2 + i] = k[i]
+        index.append(tap.reshape(shape))
+    return xp[tuple(index)].reshape(len(n_idx), -1)
+
+
+def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.ModelProto, kept: np.ndarray,
+                batches: Iterable[Any], *, threads: int = 0, per_sample: int = 16, max_samples: int = 1024,
+                ridge: float = 1e-3, holdout: float = 0.2, seed: int = 0) -> ReconstructResult:
+    """Refit the disturbed layers of the pruned ``model`` (``kept``: the rewrite's kept channels) to the
+    dense ``loaded.model`` on ``batches`` (as :func:`.repair.repair` takes them). See the module docstring.
+    ``per_sample``: output positions sampled per calibration input and layer; ``ridge``: the penalty as a
+    share of the mean diagonal of the normal matrix."""
+    t0 = time.perf_counter()
+    inits = {t.name for t in loaded.model.graph.initializer}
+    feeds, labels = _batches_of(batches, [i.name for i in loaded.model.graph.input if i.name not in inits],
+                                max_samples)
+    samples = sum(len(next(iter(f.values()))) for f in feeds)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    top1_before = None
+    if any(lab is not None for lab in labels):
+        _, logits = _sweep(out, [], feeds, threads, logits=loaded.model.graph.output[0].name)
+        top1_before = _top1(logits, labels)
+    layers = _layers(loaded, analysis, out, kept)
+    if not layers:
+        return ReconstructResult(out, {}, {}, time.perf_counter() - t0, samples, 0, "nothing to reconstruct",
+                                 top1_before)
+    rng = np.random.default_rng(seed)
+    dense = _Runner(loaded.model, [ly.y for ly in layers], threads, only_extra=True)
+    targets: dict[str, list[np.ndarray]] = {ly.node: [] for ly in layers}
+    positions: dict[str, list[tuple[np.ndarray, ...]]] = {ly.node: [] for ly in layers}
+    for f in feeds:
+        got = dense.run(f)
+        for ly in layers:
+            y = got[ly.y]
+            pos = _positions(rng, y.shape, per_sample)
+            yy = np.moveaxis(y, 1, -1)[pos]  # (rows, C)
+            positions[ly.node].append(pos)
+            targets[ly.node].append(yy[:, ly.keep].astype(np.float64))
+    del dense
+    per_layer: dict[str, tuple[float, float]] = {}
+    skipped: dict[str, str] = {}
+    rows_total = 0
+    for ly in layers:  # topological: each layer sees the layers before it refitted
+        ed = _Editor(out)
+        node = ed.nodes[ly.node]
+        runner = _Runner(out, [ly.x], threads, only_extra=True)
+        w = ed.get(node.input[1]).astype(np.float64)
+        xs = []
+        for f, pos in zip(feeds, positions[ly.node]):
+            x = runner.run(f)[ly.x].astype(np.float64)
+            xs.append(_rows_conv(x, node, w.shape, pos) if ly.op == "Conv" else x[pos[0]])
+        del runner
+        a = np.concatenate(xs)
+        b = np.concatenate(targets[ly.node])
+        rows_total += len(a)
+        # current weights as a (features, outputs) matrix, and the bias
+        wm = w.reshape(w.shape[0], -1).T if ly.op == "Conv" or _attr(node, "transB", 0) else w
+        bias = np.zeros(wm.shape[1])
+        has_bias = len(node.input) > 2 and bool(node.input[2]) and node.input[2] in ed.inits
+        if has_bias:
+            bias = ed.get(node.input[2]).astype(np.float64).reshape(-1) * (
+                float(_attr(node, "beta", 1.0)) if ly.op == "Gemm" else 1.0)
+            if bias.size == 1:
+                bias = np.full(wm.shape[1], bias[0])
+        if a.shape[1] != wm.shape[0] or b.shape[1] != wm.shape[1] or len(a) < 2 * (a.shape[1] + 1):
+            skipped[ly.node] = "shapes do not match" if a.shape[1] != wm.shape[0] else "too few rows"
+            continue
+        perm = rng.permutation(len(a))
+        n_fit = int(len(a) * (1 - holdout))
+        fit, test = perm[:n_fit], perm[n_fit:]
+        a1 = np.hstack([a, np.ones((len(a), 1))])
+        g = a1[fit].T @ a1[fit]
+        lam = ridge * float(np.mean(np.diag(g))) + 1e-12
+        g[np.diag_indices_from(g)] += lam
+        g[-1, -1] -= lam  # no penalty on the bias
+        try:
+            sol = np.linalg.solve(g, a1[fit].T @ b[fit])
+        except np.linalg.LinAlgError:
+            skipped[ly.node] = "singular normal matrix"
+            continue
+        var = float(np.mean(np.var(b[test], axis=0))) + 1e-12
+        err_before = float(np.mean((a[test] @ wm + bias - b[test]) ** 2)) / var
+        err_after = float(np.mean((a1[test] @ sol - b[test]) ** 2)) / var
+        if not err_after < err_before:
+            skipped[ly.node] = f"no better on held-out rows ({err_after:.3g} vs {err_before:.3g})"
+            continue
+        new_w, new_b = sol[:-1], sol[-1]
+        wn = ed.own(node, 1)
+        ed.set(wn, new_w.T.reshape(w.shape) if ly.op == "Conv" or _attr(node, "transB", 0) else new_w)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(ed.inits[wn].data_type)
+        bn = ed.bias_of(node, wm.shape[1], dtype)
+        beta = float(_attr(node, "beta", 1.0)) if ly.op == "Gemm" else 1.0
+        ed.set(bn, (new_b / beta).reshape(ed.get(bn).shape))
+        per_layer[ly.node] = (err_before, err_after)
+    note = (f"reconstruct: {len(per_layer)} of {len(layers)} disturbed layers refitted to the dense model by least "
+            f"squares on {samples} calibration sample(s), {per_sample} positions each")
+    return ReconstructResult(out, per_layer, skipped, time.perf_counter() - t0, samples, rows_total, note, top1_before)
+
+
+def reconstruct_and_repair(loaded: LoadedModel, analysis: ChannelAnalysis, result: RewriteResult, batches: Any, *,
+                           threads: int = 0, reconstruct_first: bool = True) -> RepairResult:
+    """What the pipeline's repair stage does: :func:`reconstruct` (unless ``reconstruct_first`` is
+    False), then :func:`.repair.repair` of what remains; top-1 before is of the model as pruned."""
+    batches = list(batches)
+    if not reconstruct_first:
+        return repair(loaded, analysis, result, batches, threads=threads)
+    rc = reconstruct(loaded, analysis, result.model, result.kept, batches, threads=threads)
+    rp = repair(loaded, analysis, replace(result, model=rc.model), batches, threads=threads)
+    return replace(rp, top1_before=rc.top1_before if rc.top1_before is not None else rp.top1_before,
+                   reconstructed=rc.to_dict(), note=f"{rc.note}; then {rp.note}")

@@ -1,0 +1,92 @@
+"""Least-squares reconstruction after pruning (halp_onnx.passes.reconstruct): the im2col rows reproduce
+onnxruntime's convolution, the refit brings the pruned model's output closer to the dense one on data it
+did not see, and the pipeline's repair stage runs it before the statistics repair."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import halp_onnx
+from halp_onnx.builder import GraphBuilder
+from halp_onnx.passes.channel_groups import analyze
+from halp_onnx.passes.load import load
+from halp_onnx.passes.reconstruct import _positions, _rows_conv, reconstruct
+from halp_onnx.passes.rewrite import rewrite
+from halp_onnx.passes.select import keep_by_ratio, l2_scores
+from halp_onnx.passes.verify import session
+
+pytest.importorskip("onnxruntime")
+
+
+def _net(seed: int = 0, width: int = 8, hw: int = 8) -> onnx.ModelProto:
+    b = GraphBuilder("net", seed)
+    x = b.input("input", [1, 3, hw, hw])
+    y = b.op("Relu", [b.conv(x, 3, width)])
+    for stride in (1, 2):
+        h = b.op("Relu", [b.conv(y, width, width, stride=stride)])
+        y = b.op("Relu", [b.conv(h, width, width)])
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [y])], axis=1)
+    b.nodes.append(onnx.helper.make_node("Gemm", [y, b.weight((4, width)), b.const(np.zeros(4, np.float32))],
+                                         ["logits"], name="head", transB=1))
+    b.output("logits")
+    return b.model()
+
+
+def _data(n: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((n, 1, 3, 8, 8)) + 0.2).astype(np.float32)
+
+
+@pytest.mark.parametrize("stride,pad,dil", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
+def test_im2col_rows_reproduce_the_convolution(stride, pad, dil):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[stride] * 2,
+                                 pads=[pad] * 4, dilations=[dil] * 2)
+    g = onnx.helper.make_graph([node], "c", [onnx.helper.make_tensor_value_info("x", 1, list(x.shape))],
+                               [onnx.helper.make_tensor_value_info("y", 1, None)],
+                               [onnx.numpy_helper.from_array(w, "w")])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    y = session(m).run(None, {"x": x})[0]
+    pos = _positions(rng, y.shape, 6)
+    rows = _rows_conv(x.astype(np.float64), node, w.shape, pos)
+    want = np.moveaxis(y, 1, -1)[pos]
+    np.testing.assert_allclose(rows @ w.reshape(5, -1).T, want, rtol=1e-4, atol=1e-4)
+
+
+def test_refit_brings_the_pruned_output_closer_to_the_dense_on_unseen_data():
+    loaded = load(_net())
+    analysis = analyze(loaded)
+    keep = keep_by_ratio(analysis, l2_scores(loaded, analysis), 0.4)
+    result = rewrite(loaded, analysis, keep)
+    calib = [{"input": x} for x in _data(256, 1)]
+    rc = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=8)
+    assert rc.per_layer and all(after < before for before, after in rc.per_layer.values())
+    assert [n.op_type for n in rc.model.graph.node] == [n.op_type for n in result.model.graph.node]
+    onnx.checker.check_model(rc.model, full_check=True)
+    dense, raw, refit = (session(m) for m in (loaded.model, result.model, rc.model))
+    test = _data(64, 2)
+    err = {k: 0.0 for k in ("raw", "refit")}
+    for x in test:
+        want = dense.run(None, {"input": x})[0]
+        err["raw"] += float(np.square(raw.run(None, {"input": x})[0] - want).sum())
+        err["refit"] += float(np.square(refit.run(None, {"input": x})[0] - want).sum())
+    assert err["refit"] < 0.7 * err["raw"], err
+    summary = rc.to_dict()
+    assert summary["layers"] == len(rc.per_layer) and summary["mean_error_after"] < summary["mean_error_before"]
+
+
+def test_compile_and_prune_reconstruct_before_the_statistics_repair(tmp_path):
+    model = _net(seed=3)
+    calib = {"input": np.concatenate(_data(128, 4)), "labels": np.random.default_rng(5).integers(0, 4, 128)}
+    on = halp_onnx.prune(model, 0.4, calib=calib, calib_samples=128)
+    off = halp_onnx.prune(model, 0.4, calib=calib, calib_samples=128, reconstruct=False)
+    assert on.repair is not None and on.repair["reconstructed"]["layers"] > 0
+    assert off.repair is not None and off.repair["reconstructed"] is None
+    assert on.repair["top1_before"] == off.repair["top1_before"]  # both of the model as pruned
+    big = _net(seed=3, width=64, hw=64)  # large enough for a GPU budget to matter
+    calib = {"input": np.random.default_rng(6).standard_normal((32, 3, 64, 64)).astype(np.float32)}
+    res = halp_onnx.compile(big, target="trt-v100", latency=0.85, calib=calib, calib_samples=32)
+    assert res.repair is not None and res.repair["reconstructed"] is not None
