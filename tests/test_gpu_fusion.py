@@ -220,3 +220,31 @@ def test_only_a_convolution_stem_is_held_dense(stem):
     loaded, analysis = inspect(model)
     held = first_layer_groups(analysis, model_blocks(loaded, analysis))
     assert bool(held) == (stem == "conv")
+
+
+def test_dynamo_as_strided_gather_is_followed_as_a_reshape():
+    """ConvNeXt's head under the dynamo exporter: mean over space, flattened, then a Gather of every
+    element in order (as_strided) back to N x C x 1 x 1. It is a Reshape, and its channels prune."""
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 3, 6, 6])
+    a = b.op("Relu", [b.conv(x, 3, 8)])
+    flat = b.op("Reshape", [b.op("ReduceMean", [a], axes=[2, 3], keepdims=1), i64(b, [8])])
+    picked = b.op("Gather", [flat, b.const(np.arange(8, dtype=np.int64).reshape(1, 8, 1, 1))], axis=0)
+    pooled = b.op("Flatten", [picked], axis=1)
+    b.nodes.append(onnx.helper.make_node("Gemm", [pooled, b.weight((3, 8)), small(b, (3,))], ["y"], name="head",
+                                         transB=1))
+    b.output("y")
+    model = b.model()
+    loaded, analysis = inspect(model)
+    assert not any(n.op_type == "Gather" for n in loaded.model.graph.node)
+    g = next(g for g in analysis.groups if g.size == 8)
+    assert g.prunable, g.reasons
+    result = rewrite(loaded, analysis, {g.id: [0, 2, 5]})
+    onnx.checker.check_model(result.model, full_check=True)
+    assert verify(loaded, analysis, result.kept, result.model).passed
+    # a Gather that permutes is left alone (and freezes what it cannot follow)
+    perm = [n for n in model.graph.node if n.op_type == "Gather"][0]
+    idx = next(t for t in model.graph.initializer if t.name == perm.input[1])
+    idx.CopyFrom(onnx.numpy_helper.from_array(np.arange(8, dtype=np.int64)[::-1].reshape(1, 8, 1, 1).copy(), idx.name))
+    loaded2, _ = inspect(model)
+    assert any(n.op_type == "Gather" for n in loaded2.model.graph.node)

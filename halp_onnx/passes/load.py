@@ -119,6 +119,7 @@ def load(source: str | os.PathLike | onnx.ModelProto, input_shapes: dict[str, tu
     if fold:
         model = _fold_constants(model, name)
     _unshare_uniform_constants(model)
+    _identity_gathers_to_reshapes(model)
     return LoadedModel(model=model, source=name, opset=opset, input_shapes=shapes, original_inputs=original_inputs)
 
 
@@ -148,6 +149,33 @@ def _unshare_uniform_constants(model: onnx.ModelProto, max_elems: int = 1 << 16)
             node.input[k] = new
             made += 1
     return made
+
+
+def _identity_gathers_to_reshapes(model: onnx.ModelProto) -> int:
+    """A Gather that picks every element of a 1-D tensor in order (the dynamo exporter's ``as_strided``
+    after a flatten: ``Gather(x.reshape(-1), arange(n).reshape(shape))``) is a Reshape to the indices'
+    shape; written as one, its channels can be followed. Returns the nodes replaced."""
+    inits = {t.name: t for t in model.graph.initializer}
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(model.graph.value_info) + list(model.graph.input)}
+    done = 0
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        data, idx = shapes.get(node.input[0]), inits.get(node.input[1])
+        if axis != 0 or idx is None or data is None or len(data) != 1 or data[0] <= 0:
+            continue
+        values = onnx.numpy_helper.to_array(idx)
+        if values.size != data[0] or not np.array_equal(values.reshape(-1), np.arange(data[0])):
+            continue
+        shape_name = f"{node.name or node.output[0]}_as_reshape"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(values.shape, np.int64), shape_name))
+        node.op_type = "Reshape"
+        node.input[1] = shape_name
+        del node.attribute[:]
+        done += 1
+    return done
 
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
