@@ -19,13 +19,13 @@ from halp_onnx.passes.verify import session
 pytest.importorskip("onnxruntime")
 
 
-def _net(seed: int = 0, width: int = 8, hw: int = 8) -> onnx.ModelProto:
+def _net(seed: int = 0, width: int = 8, hw: int = 8, bias: bool = True) -> onnx.ModelProto:
     b = GraphBuilder("net", seed)
     x = b.input("input", [1, 3, hw, hw])
     y = b.op("Relu", [b.conv(x, 3, width)])
     for stride in (1, 2):
-        h = b.op("Relu", [b.conv(y, width, width, stride=stride)])
-        y = b.op("Relu", [b.conv(h, width, width)])
+        h = b.op("Relu", [b.conv(y, width, width, stride=stride, bias=bias)])
+        y = b.op("Relu", [b.conv(h, width, width, bias=bias)])
     y = b.op("Flatten", [b.op("GlobalAveragePool", [y])], axis=1)
     b.nodes.append(onnx.helper.make_node("Gemm", [y, b.weight((4, width)), b.const(np.zeros(4, np.float32))],
                                          ["logits"], name="head", transB=1))
@@ -56,8 +56,10 @@ def test_im2col_rows_reproduce_the_convolution(stride, pad, dil):
     np.testing.assert_allclose(rows @ w.reshape(5, -1).T, want, rtol=1e-4, atol=1e-4)
 
 
-def test_refit_brings_the_pruned_output_closer_to_the_dense_on_unseen_data():
-    loaded = load(_net())
+@pytest.mark.parametrize("bias", [True, False])
+def test_refit_brings_the_pruned_output_closer_to_the_dense_on_unseen_data(bias):
+    """Convolutions without a bias (BatchNorm kept) get one."""
+    loaded = load(_net(bias=bias))
     analysis = analyze(loaded)
     keep = keep_by_ratio(analysis, l2_scores(loaded, analysis), 0.4)
     result = rewrite(loaded, analysis, keep)

@@ -37,6 +37,7 @@ yields them).
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -386,7 +387,8 @@ class _Editor:
         return name
 
     def fresh(self, base: str) -> str:
-        name = next(n for n in (base, *(f"{base}_{k}" for k in range(1, 1 << 30))) if n not in self.taken)
+        name = next(n for n in itertools.chain((base,), (f"{base}_{k}" for k in itertools.count(1)))
+                    if n not in self.taken)
         self.taken.add(name)
         return name
 
