@@ -117,14 +117,10 @@ def _compile(args, dense: Path, calib: Path, latency: float) -> dict:
 def _recipe(args, student: Path, dense: Path, train: Path, out: Path, extra: tuple[str, ...] = (),
             epochs: int = 1) -> dict:
     """``halp-onnx finetune student --teacher dense --data train --epochs 1 --batch-size 128`` (+ extra)."""
-    cmd = [sys.executable, "-m", "halp_onnx.cli_finetune", str(student), "--teacher", str(dense), "--data",
-           str(train), "--epochs", str(epochs), "--batch-size", "128", "-o", str(out), "--no-progress",
-           "--report", str(out.with_suffix(".report.json")), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    proc, seconds, cmd = halp_subprocess(
+        ["halp_onnx.cli_finetune", str(student), "--teacher", str(dense), "--data", str(train), "--epochs", str(epochs),
+         "--batch-size", "128", "-o", str(out), "--no-progress", "--report", str(out.with_suffix(".report.json")),
+         *extra])
     row: dict = {"command": "halp-onnx finetune " + " ".join(cmd[3:]), "seconds": round(seconds, 1),
                  "rc": proc.returncode}
     if proc.returncode != 0:
@@ -137,22 +133,27 @@ def _recipe(args, student: Path, dense: Path, train: Path, out: Path, extra: tup
     return row
 
 
-def _iterative(args, dense: Path, train: Path, out: Path, latency: float) -> dict:
-    """``halp-onnx compile dense --target ort-cpu --latency L --iterative --data train --epochs 1
-    --batch-size 128 --steps 30 --interval 2 --teacher dense``: the recipe's data, epoch and batch, the
-    paper's 30 pruning steps one every 2 of the epoch's 70 optimizer steps (the paper: every 40)."""
-    cmd = [sys.executable, "-m", "halp_onnx.cli", "compile", str(dense), "--target", "ort-cpu", "--latency",
-           str(latency), "--iterative", "--data", str(train), "--epochs", "1", "--batch-size", "128",
-           "--steps", "30", "--interval", "2", "--teacher",
-           str(dense), "--threads", "1", "-o", str(out), "--report", str(out.with_suffix(".report.json")), "--quiet"]
-    if args.profile:
-        cmd += ["--profile", args.profile]
+def halp_subprocess(argv: list[str], profile: str | None = None) -> tuple[subprocess.CompletedProcess, float, list[str]]:
+    """``python -m <argv>`` (a halp-onnx CLI module and its arguments) with one thread and this checkout on
+    the path; ``--profile`` appended when given. Returns (the process, seconds, the command)."""
+    cmd = [sys.executable, "-m", *argv] + (["--profile", profile] if profile else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    row: dict = {"command": "halp-onnx " + " ".join(cmd[3:]), "seconds": round(time.perf_counter() - t0, 1),
-                 "rc": proc.returncode}
+    return proc, time.perf_counter() - t0, cmd
+
+
+def _iterative(args, dense: Path, train: Path, out: Path, latency: float) -> dict:
+    """``halp-onnx compile dense --target ort-cpu --latency L --iterative --data train --epochs 1
+    --batch-size 128 --steps 30 --interval 2 --teacher dense``: the recipe's data, epoch and batch, the
+    paper's 30 pruning steps one every 2 of the epoch's 70 optimizer steps (the paper: every 40)."""
+    proc, seconds, cmd = halp_subprocess(
+        ["halp_onnx.cli", "compile", str(dense), "--target", "ort-cpu", "--latency", str(latency), "--iterative",
+         "--data", str(train), "--epochs", "1", "--batch-size", "128", "--steps", "30", "--interval", "2",
+         "--teacher", str(dense), "--threads", "1", "-o", str(out), "--report", str(out.with_suffix(".report.json")),
+         "--quiet"], args.profile)
+    row: dict = {"command": "halp-onnx " + " ".join(cmd[3:]), "seconds": round(seconds, 1), "rc": proc.returncode}
     if proc.returncode != 0:
         row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return row

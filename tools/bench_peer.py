@@ -45,7 +45,6 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -480,18 +479,15 @@ def _tp_point(tpb: _TP, work: Path, dense: Path, s: tuple, ratio: float) -> dict
 
 def _halp_compile(args, dense: Path, calib: Path, t: float, work: Path) -> dict:
     out, rep = work / f"halp-{t}.onnx", work / f"halp-{t}.report.json"
-    cmd = [sys.executable, "-m", "halp_onnx", "compile", str(dense), "--target", "ort-cpu", "--latency", str(t),
-           "--calib", str(calib), "--threads", "1", "-o", str(out), "--report", str(rep), "--quiet"]
-    if args.profile:
-        cmd += ["--profile", args.profile]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    from bench_accuracy import halp_subprocess
+
+    proc, seconds, cmd = halp_subprocess(
+        ["halp_onnx", "compile", str(dense), "--target", "ort-cpu", "--latency", str(t), "--calib", str(calib),
+         "--threads", "1", "-o", str(out), "--report", str(rep), "--quiet"], args.profile)
     if proc.returncode != 0:
         raise SystemExit(f"halp-onnx compile failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     report = json.loads(rep.read_text())
-    return {"command": "halp-onnx " + " ".join(cmd[3:]), "compile_seconds": round(time.perf_counter() - t0, 1),
+    return {"command": "halp-onnx " + " ".join(cmd[3:]), "compile_seconds": round(seconds, 1),
             "path": str(out), "compile_latency": report.get("latency")}
 
 
