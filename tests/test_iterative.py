@@ -111,3 +111,38 @@ def _batched_resnet():
     from halp_onnx.examples import cifar_resnet
 
     return cifar_resnet(1, batch="N")
+
+
+def test_closed_loop_rescales_later_targets_and_resolves_a_missed_last_step(monkeypatch):
+    """On a target that runs here the current widths are timed against dense every few steps; a model that
+    measures slower than predicted gets its later targets lowered, and a last step that still misses the
+    budget is solved again (the timing is faked: measured share = 1.1 x predicted until the last step, then
+    1.4 x)."""
+    import halp_onnx.profiles.timing as timing
+
+    model = example("resnet")
+    module = OnnxModule(model)
+    pruner = IterativePruner(module, model, target="trt-t4", latency=0.8, steps=4, interval=2, min_keep=0.0,
+                             calibrate_every=2)
+    assert pruner._backend is None and pruner.scale == 1.0  # an analytic target: nothing to time
+    pruner._backend = object()
+
+    class Timed:
+        def __init__(self, ratio):
+            self.ratio = ratio
+
+    def fake(backend, reference, candidate, **kw):
+        return Timed((1.1 if pruner.done < 4 else 1.4) * pruner.predicted_ms() / pruner.dense_ms)
+
+    monkeypatch.setattr(timing, "paired_timing", fake)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    _train(module, pruner, 8, shape)
+    assert pruner.finished
+    assert [c["step"] for c in pruner.calibrations] == [2, 4, 4]
+    # after the first calibration the knapsack is given the schedule's targets over 1.1
+    assert pruner.history[2].target_ms == pytest.approx(pruner.target_ms(3) / 1.1)
+    # the last step missed (measured 1.4 x its prediction): solved again for budget / 1.4, then it fits
+    assert [h.step for h in pruner.history] == [1, 2, 3, 4, 4]
+    assert pruner.history[-1].target_ms == pytest.approx(pruner.budget_ms / 1.4)
+    assert pruner.calibrations[-1]["miss"] <= 1.0 + 1e-9
+    assert pruner.finalize().verification.max_rel_error <= 1e-4

@@ -10,7 +10,11 @@ Each call of :meth:`IterativePruner.step` adds the minibatch's |sum g * gate| pe
 of :class:`~halp_onnx.torch.gates.ChannelGates`). Every ``interval`` calls, until ``steps`` pruning
 steps are done, the knapsack is solved for a latency target that shrinks from the dense latency to
 the goal (geometrically, as the authors' code does, or linearly) over the current widths only:
-pruned channels are held at zero by the gates and never come back. :meth:`finalize` rewrites the
+pruned channels are held at zero by the gates and never come back. On a target that runs here the
+loop is closed: every ``calibrate_every`` pruning steps, and at the last, the current widths are timed
+against the dense model (paired, in this process) and the later targets are rescaled by how far the
+measured share of dense latency is from the predicted one; a last step that still misses the budget is
+solved again at the rescaled budget. :meth:`finalize` rewrites the
 fine-tuned graph with the core's rewrite and checks it against the masked original.
 """
 from __future__ import annotations
@@ -70,7 +74,7 @@ class IterativePruner:
                  min_keep: float = 0.1, allow_removal: bool = True, prune_first: bool = False,
                  solver: str = "exact", threads: int = 1, input_shapes: dict | None = None,
                  profile_path=None, measure: bool | None = None, progress: bool = False,
-                 prepared: Any = None):
+                 prepared: Any = None, calibrate_every: int = 10, calibrate_tol: float = 0.03):
         from ..budget import LatencyBudget
         from ..passes.latency_cost import total_latency
         from ..pipeline import PIPELINE, PipelineConfig
@@ -103,6 +107,20 @@ class IterativePruner:
         self.done = 0
         self.history: list[PruneStep] = []
         self._total_latency = total_latency
+        # closed loop on a target that runs here: every ``calibrate_every`` pruning steps (and at the last)
+        # the current widths are timed against the dense model, and later targets are rescaled by the miss
+        self.scale = 1.0
+        self._extra = 0
+        self.calibrations: list[dict] = []
+        self.calibrate_every, self.calibrate_tol, self.threads = calibrate_every, calibrate_tol, threads
+        self._backend: Any = None
+        if calibrate_every > 0 and measure is not False and not self.lm.estimated:
+            from ..profiles.targets import target_status
+
+            if target_status(self.lm.target)[0]:
+                from ..profiles.backends import get_backend
+
+                self._backend = get_backend(self.lm.target, threads=threads)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -136,7 +154,7 @@ class IterativePruner:
 
         t0 = time.perf_counter()
         k = self.done + 1
-        target = self.target_ms(k)
+        target = self.target_ms(k) / self.scale
         scores = self.gates.scores()
         choices, values, orders = {}, {}, {}
         an = self.analysis
@@ -164,7 +182,35 @@ class IterativePruner:
         pred = self._total_latency(self.cm, self.widths, self._block_ms, self.lm.overhead_ms)
         rec = PruneStep(k, self.calls, target, pred, int(self.kept.sum()), time.perf_counter() - t0)
         self.history.append(rec)
+        if self._backend is not None and (k % self.calibrate_every == 0 or k == self.steps):
+            self._calibrate(k)
+            if (k == self.steps and self.calibrations[-1]["miss"] > 1 + self.calibrate_tol and self._extra < 2
+                    and target > self.budget_ms / self.scale * (1 + 1e-9)):
+                self._extra += 1
+                self.done = k - 1  # one more solve at the last step, for the rescaled budget
+                return self.prune_step()
         return rec
+
+    def _calibrate(self, k: int) -> None:
+        """Time the current widths against the dense model (paired, in this process) and set ``scale``: the
+        measured share of dense latency over the predicted share, which later targets are divided by."""
+        from ..passes.rewrite import rewrite
+        from ..profiles.timing import paired_timing
+
+        keep = {}
+        an = self.analysis
+        for g in self.cm.choices:
+            members = np.nonzero((an.channel_group == g) & self.kept)[0]
+            if len(members) < self.cm.choices[g].size:
+                keep[g] = np.sort(an.channel_index[members])
+        model = rewrite(self.loaded, an, keep, check=False).model
+        pt = paired_timing(self._backend, self.loaded.model, model, rounds=5, budget_s=3.0)
+        predicted = self.predicted_ms() / self.dense_ms
+        miss = pt.ratio / max(predicted, 1e-9)
+        self.scale = miss
+        self.calibrations.append({"step": k, "predicted_share": predicted, "measured_share": pt.ratio,
+                                  "miss": pt.ratio / max(self.budget_ms / self.dense_ms, 1e-9)
+                                  if k == self.steps else miss, "scale": miss})
 
     def finish_now(self) -> None:
         """Run the remaining pruning steps at once (e.g. when training ends early)."""
@@ -251,7 +297,8 @@ def iterative_selection(cfg, results):
     ftcfg = st.finetune if st.finetune is not None else FinetuneConfig()
     module = OnnxModule(proto, train_bn=True)
     pruner = IterativePruner(module, proto, steps=st.steps, interval=st.interval, schedule=st.schedule,
-                             solver=cfg.solver, prepared=results)
+                             solver=cfg.solver, prepared=results, threads=cfg.threads, measure=cfg.measure,
+                             calibrate_every=10 if cfg.measure_result else 0, calibrate_tol=cfg.calibrate_tol)
 
     def callback(trainer, step):
         rec = pruner.step()
@@ -266,7 +313,8 @@ def iterative_selection(cfg, results):
                         f"{st.interval} steps each ({st.steps * st.interval} steps); give more --epochs or a smaller "
                         "--interval", stage=STAGE)
     sel = pruner.tuned_selection(ft.model)
-    return replace(sel, extra=(tuple(pruner.history), ft, pruner.predicted_ms()))
+    return replace(sel, extra=(tuple(pruner.history), ft, pruner.predicted_ms()),
+                   stats={**sel.stats, "calibration": list(pruner.calibrations)})
 
 
 def compile_iterative(model: Any, data: Any, *, target: str = "ort-cpu", latency: str | float = 0.5,
