@@ -271,6 +271,7 @@ def run_iterative(args, plan, target, budget, mean, std, progress) -> int:
             groups=groups, verification=res.verification.to_dict() if res.verification else None,
             seconds=plan_seconds(plan), warnings=plan.warnings,
             details={"mode": "iterative", "history": [h.to_dict() for h in res.history],
+                     "calibration": list(res.calibration),
                      "finetune": {"history": ft.history, "seconds": ft.seconds, "steps": ft.steps}}))
     say = plan.say
     (p0, p1), (m0, m1) = res.rewrite.params, res.rewrite.macs

@@ -140,6 +140,8 @@ DETAILS: dict[str, dict[str, Any]] = {
         "blocks": _t(ARR, "per block: node, op, c_in/c_out/ms [dense, pruned]", null=True),
         "profile": _t(OBJ, "the latency profile used: name, estimated, fingerprint, tables", null=True),
         "history": _t(ARR, "iterative: one entry per pruning step", null=True),
+        "calibration": _t(ARR, "iterative: the closed loop's paired timings (step, predicted and measured share, "
+                               "miss, scale)", null=True),
         "finetune": _t(OBJ, "iterative: fine-tuning history, seconds, steps", null=True)},
         required=("mode",)),
     "latency": _obj("", {"blocks": _t(ARR, "per block: node, op, widths, predicted ms")}, required=("blocks",)),

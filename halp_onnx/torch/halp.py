@@ -57,10 +57,12 @@ class IterativeResult:
     budget_ms: float
     rewrite: Any
     verification: Any
+    calibration: tuple[dict, ...] = ()  # the closed loop's timings (target runs here), one per calibration
 
     def to_dict(self) -> dict:
         return {"dense_predicted_ms": self.dense_predicted_ms, "predicted_ms": self.predicted_ms,
                 "budget_ms": self.budget_ms, "history": [h.to_dict() for h in self.history],
+                "calibration": list(self.calibration),
                 "widths": {int(g): list(w) for g, w in self.widths.items()},
                 "params": list(self.rewrite.params), "macs": list(self.rewrite.macs),
                 "verification": self.verification.to_dict() if self.verification else None}
@@ -337,4 +339,5 @@ def compile_iterative(model: Any, data: Any, *, target: str = "ort-cpu", latency
     run = PIPELINE.run(cfg)
     history, ft, predicted = run["selection"].extra
     plan = run["plan"]
-    return _result(run["rewritten"], run["verification"], history, plan.dense_ms, predicted, plan.budget.ms), ft
+    res = _result(run["rewritten"], run["verification"], history, plan.dense_ms, predicted, plan.budget.ms)
+    return replace(res, calibration=tuple(run["selection"].stats.get("calibration", ()))), ft
