@@ -12,14 +12,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import numpy as np
 from halp_onnx.budget import LatencyBudget
 from halp_onnx.pipeline import PIPELINE, PipelineConfig
 from halp_onnx.profiles.latency import predict
 from halp_onnx.profiles.backends import get_backend
 from halp_onnx.profiles import incontext as ic
 from halp_onnx.profiles.timing import paired_timing
-from halp_onnx.profiles.blocks import block_widths
 path=sys.argv[1]
 share=sys.argv[2] if len(sys.argv) > 2 else "0.5"
 cfg=PipelineConfig(source=path, mode="budget", target="ort-cpu", latency=LatencyBudget.parse(share), measure_result=False, threads=1)
