@@ -8,6 +8,7 @@ atoms come from coupled producers form one *channel group*.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -18,6 +19,7 @@ from ..labels import Labels, UnionFind
 from ..metrics import node_macs, param_count
 from ..ops._rule import norm_axis
 from ..ops.table import ANCHOR_OPS
+from .dead_code import dead_with, reader_names
 from .load import LoadedModel
 
 STAGE = "channel-groups"
@@ -369,8 +371,9 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
                                       if any(g in _groups_in(l, channel_group) for l in sl))),
             params=int(params[g]), macs=int(group_macs[g]), removable=False,
             remove_reason=""))
+    readers = reader_names(ctx.model.graph)
     for g, group in enumerate(groups):
-        reason = _removal_blocker(ctx, group, labels, channel_group) if group.prunable else "it is frozen"
+        reason = _removal_blocker(ctx, group, labels, channel_group, readers) if group.prunable else "it is frozen"
         groups[g] = replace(group, removable=not reason, remove_reason=reason)
     consumers_out = tuple(Consumer(n, i, t) for n, i, t in ctx.consumer_specs)
     prunable_inits = {name for g in groups if g.prunable for name in g.initializers}
@@ -385,7 +388,7 @@ _CONSTANT_WHEN_EMPTY = ANCHOR_OPS  # a consumer that lost every input channel be
 
 
 def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str, Labels],
-                     channel_group: np.ndarray) -> str:
+                     channel_group: np.ndarray, readers: Mapping[str, Sequence[str]]) -> str:
     """Why the group cannot go to zero channels ("" if it can): its branch must vanish, its consumers
     become constants, and every graph output must still depend on a graph input - all of it, where it
     did: a branch whose constant reaches an output without joining a live tensor (a detection head's
@@ -403,22 +406,7 @@ def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str
             vanished.add(node.name)
     # a node whose every output feeds only vanished nodes (GRN's mean over the channels, a statistic
     # used inside the branch) is dead code once the branch is gone
-    readers: dict[str, list[str]] = {}
-    for node in ctx.model.graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node.name)
-    graph_outputs = {o.name for o in ctx.model.graph.output}
-    grew = True
-    while grew:
-        grew = False
-        for node in ctx.model.graph.node:
-            outs = [o for o in node.output if o]
-            if node.name in vanished or node.name in consumers or not outs:
-                continue
-            if all(o not in graph_outputs and readers.get(o) and all(r in vanished for r in readers[o])
-                   for o in outs):
-                vanished.add(node.name)
-                grew = True
+    vanished = dead_with(ctx.model.graph, vanished, keep=consumers, readers=readers)
     for node in ctx.model.graph.node:
         if node.name in vanished:
             continue

@@ -20,6 +20,7 @@ from ..labels import Labels
 from ..metrics import model_params, node_macs
 from ..ops.table import ANCHOR_OPS
 from .channel_groups import ChannelAnalysis
+from .dead_code import dead_with
 from .load import PROTOBUF_LIMIT, LoadedModel, infer_shapes, save_external, tensor_shapes, weight_bytes
 
 STAGE = "rewrite"
@@ -156,21 +157,7 @@ def _remove_empty_branches(rw: RewriteContext) -> set[str]:
         return set()
     removed = {n.name for n in graph.node if [o for o in n.output if o] and all(o in empty for o in n.output if o)}
     # nodes whose outputs feed only removed nodes are dead with them (GRN's mean over the removed channels)
-    readers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node.name)
-    graph_outputs = {o.name for o in graph.output}
-    grew = True
-    while grew:
-        grew = False
-        for node in graph.node:
-            outs = [o for o in node.output if o]
-            if node.name in removed or not outs:
-                continue
-            if all(o not in graph_outputs and readers.get(o) and all(r in removed for r in readers[o]) for o in outs):
-                removed.add(node.name)
-                grew = True
+    removed = dead_with(graph, removed)
     for node in graph.node:
         if node.name in removed:
             continue

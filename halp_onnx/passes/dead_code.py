@@ -1,0 +1,41 @@
+"""Nodes that die with a removed branch: every node whose outputs are read only by removed nodes (the
+statistic ConvNeXt-V2's GRN takes over the channels of a branch, the constants feeding it). Shared by the
+channel analysis (whether a group may go to zero) and the rewrite (what it drops)."""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import onnx
+
+
+def reader_names(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """tensor -> names of the nodes that read it."""
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node.name)
+    return readers
+
+
+def dead_with(graph: onnx.GraphProto, removed: Iterable[str], *, keep: Iterable[str] = (),
+              readers: Mapping[str, Sequence[str]] | None = None) -> set[str]:
+    """``removed`` and every node (not in ``keep``) all of whose outputs are read, and read only, by nodes
+    of that set; graph outputs are never dead. Walks back from the removed nodes' inputs."""
+    readers = reader_names(graph) if readers is None else readers
+    outputs = {o.name for o in graph.output}
+    producer = {o: n for n in graph.node for o in n.output if o}
+    dead, kept = set(removed), set(keep)
+
+    def dies(node: onnx.NodeProto) -> bool:
+        outs = [o for o in node.output if o]
+        return bool(outs) and all(o not in outputs and readers.get(o) and all(r in dead for r in readers[o])
+                                  for o in outs)
+
+    stack = [n for n in graph.node if n.name in dead]
+    while stack:
+        for i in stack.pop().input:
+            p = producer.get(i)
+            if p is not None and p.name not in dead and p.name not in kept and dies(p):
+                dead.add(p.name)
+                stack.append(p)
+    return dead
