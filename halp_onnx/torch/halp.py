@@ -199,13 +199,7 @@ class IterativePruner:
         from ..passes.rewrite import rewrite
         from ..profiles.timing import paired_timing
 
-        keep = {}
-        an = self.analysis
-        for g in self.cm.choices:
-            members = np.nonzero((an.channel_group == g) & self.kept)[0]
-            if len(members) < self.cm.choices[g].size:
-                keep[g] = np.sort(an.channel_index[members])
-        model = rewrite(self.loaded, an, keep, check=False).model
+        model = rewrite(self.loaded, self.analysis, self.keep_of(self.analysis), check=False).model
         pt = paired_timing(self._backend, self.loaded.model, model, rounds=5, budget_s=3.0)
         predicted = self.predicted_ms() / self.dense_ms
         miss = pt.ratio / max(predicted, 1e-9)
@@ -233,12 +227,17 @@ class IterativePruner:
         loaded, analysis = run["loaded"], run["analysis"]
         if [g.size for g in analysis.groups] != [g.size for g in self.analysis.groups]:
             raise HalpError("the fine-tuned graph's channel groups differ from the original's", stage=STAGE)
+        return Selection(self.keep_of(analysis), "iterative", dict(self.widths), base=(loaded, analysis), extra=tuple(self.history))
+
+    def keep_of(self, analysis) -> dict[int, np.ndarray]:
+        """The kept channels of every pruned group (indices within the group) on ``analysis``, whose groups
+        are the original's."""
         keep = {}
         for g in self.cm.choices:
             members = np.nonzero((analysis.channel_group == g) & self.kept)[0]
             if len(members) < self.cm.choices[g].size:
                 keep[g] = np.sort(analysis.channel_index[members])
-        return Selection(keep, "iterative", dict(self.widths), base=(loaded, analysis), extra=tuple(self.history))
+        return keep
 
     def predicted_ms(self) -> float:
         return self._total_latency(self.cm, self.widths, self._block_ms, self.lm.overhead_ms)
