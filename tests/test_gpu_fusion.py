@@ -20,19 +20,9 @@ from halp_onnx.profiles.block_model import block_feeds, block_model
 from halp_onnx.profiles.blocks import model_blocks
 from halp_onnx.profiles.targets import get_target
 
+from graph_helpers import i64, silu, small
+
 T, C, HEADS = 5, 12, 3
-
-
-def i64(b: GraphBuilder, values) -> str:
-    return b.const(np.array(values, np.int64))
-
-
-def small(b: GraphBuilder, shape, offset: float = 0.0) -> str:
-    return b.const((offset + 0.1 * b.rng.standard_normal(shape)).astype(np.float32))
-
-
-def silu(b: GraphBuilder, x: str) -> str:
-    return b.op("Mul", [x, b.op("Sigmoid", [x])])
 
 
 def _yolo_like() -> onnx.ModelProto:
@@ -98,7 +88,7 @@ def _vit_like(depth: int = 3) -> onnx.ModelProto:
     h = b.op("Concat", [small(b, (1, 1, C)), patches], axis=1)
     d = C // HEADS
     for _ in range(depth):
-        ln = b.op("LayerNormalization", [h, small(b, (C,), 1.0), small(b, (C,))], axis=-1, epsilon=1e-5)
+        ln = b.op("LayerNormalization", [h, small(b, (C,), offset=1.0), small(b, (C,))], axis=-1, epsilon=1e-5)
         q, k, v = (b.op("Transpose", [b.op("Reshape", [b.op("Add", [b.op("MatMul", [ln, b.weight((C, C))]),
                                                                    small(b, (C,))]), i64(b, [1, T, HEADS, d])])],
                         perm=[0, 2, 1, 3]) for _ in range(3))
@@ -106,7 +96,7 @@ def _vit_like(depth: int = 3) -> onnx.ModelProto:
         att = b.op("Softmax", [b.op("MatMul", [q, kt])], axis=-1)
         o = b.op("Reshape", [b.op("Transpose", [b.op("MatMul", [att, v])], perm=[0, 2, 1, 3]), i64(b, [1, T, C])])
         h = b.op("Add", [h, b.op("Add", [b.op("MatMul", [o, b.weight((C, C))]), small(b, (C,))])])
-        ln2 = b.op("LayerNormalization", [h, small(b, (C,), 1.0), small(b, (C,))], axis=-1, epsilon=1e-5)
+        ln2 = b.op("LayerNormalization", [h, small(b, (C,), offset=1.0), small(b, (C,))], axis=-1, epsilon=1e-5)
         hid = b.op("Relu", [b.op("Add", [b.op("MatMul", [ln2, b.weight((C, 16))]), small(b, (16,))])])
         h = b.op("Add", [h, b.op("Add", [b.op("MatMul", [hid, b.weight((16, C))]), small(b, (C,))])])
     cls = b.op("Gather", [h, b.const(np.array(0, np.int64))], axis=1)

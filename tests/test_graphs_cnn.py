@@ -13,17 +13,11 @@ from halp_onnx.builder import GraphBuilder
 from halp_onnx.passes.rewrite import rewrite
 from halp_onnx.passes.verify import verify
 
+from graph_helpers import group_of, i64, silu
+
 
 def _i64(b: GraphBuilder, values) -> str:
-    return b.const(np.asarray(values, dtype=np.int64), "shape")
-
-
-def group_of(analysis, tensor: str):
-    ids = analysis.channels_of(tensor)
-    assert ids is not None, f"{tensor} is not tracked"
-    groups = set(ids[:, 0].tolist())
-    assert len(groups) == 1, f"{tensor} carries channels of groups {groups}"
-    return analysis.groups[groups.pop()]
+    return i64(b, values, "shape")
 
 
 def keep_all(analysis) -> dict[int, list[int]]:
@@ -45,10 +39,6 @@ def drop_third(analysis, seed: int = 0) -> dict[int, list[int]]:
         removed = set(rng.choice(g.size, size=g.size // 3, replace=False).tolist()) if g.size > 1 else set()
         keep[g.id] = [i for i in range(g.size) if i not in removed]
     return keep
-
-
-def silu(b: GraphBuilder, x: str) -> str:
-    return b.op("Mul", [x, b.op("Sigmoid", [x])])
 
 
 def cbs(b: GraphBuilder, x: str, c_in: int, c_out: int, k: int = 3, stride: int = 1) -> str:

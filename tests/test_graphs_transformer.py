@@ -17,22 +17,12 @@ from halp_onnx.builder import GraphBuilder
 from halp_onnx.passes.rewrite import rewrite
 from halp_onnx.passes.verify import compare, masked_reference, session, verify
 
+from graph_helpers import group_of, i64, node_of, small
+
 T, C, HEADS = 5, 12, 3  # tokens, width, heads (head_dim 4)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def node_of(tensor: str) -> str:
-    return tensor.rsplit("_out", 1)[0]
-
-
-def group_of(analysis, tensor: str):
-    ids = analysis.channels_of(tensor)
-    assert ids is not None, f"{tensor} is not tracked"
-    groups = set(ids[:, 0].tolist())
-    assert len(groups) == 1, f"{tensor} carries channels of groups {groups}"
-    return analysis.groups[groups.pop()]
-
-
 def prune_and_check(model: onnx.ModelProto, drop: dict[int, list[int]] | None = None, seed: int = 0):
     """Remove the given channels (default: a random third of every prunable group, at least one), rewrite,
     check, and verify against the masked reference; the reference must differ from the dense model."""
@@ -52,14 +42,6 @@ def prune_and_check(model: onnx.ModelProto, drop: dict[int, list[int]] | None = 
     if not result.kept.all():
         assert not compare(loaded.model, result.model, rtol=1e-4).passed
     return loaded, analysis, result
-
-
-def i64(b: GraphBuilder, values) -> str:
-    return b.const(np.array(values, np.int64))
-
-
-def small(b: GraphBuilder, shape, scale: float = 0.1, offset: float = 0.0) -> str:
-    return b.const((offset + scale * b.rng.standard_normal(shape)).astype(np.float32))
 
 
 def linear(b: GraphBuilder, x: str, c_in: int, c_out: int) -> str:
@@ -241,12 +223,7 @@ def test_normalisation_written_with_reduce_mean(form):
         nx = b.op("Div", [gx, b.op("Add", [b.op("ReduceMean", [gx], axes=[1], keepdims=1), eps])])
         y = b.op("Add", [a, b.op("Mul", [a, nx])])
     y = b.op("Add", [b.op("Mul", [y, small(b, (8, 1, 1), offset=1.0)]), small(b, (8, 1, 1))])
-    c = b.op("Relu", [b.conv(y, 8, 4)])
-    pooled = b.op("Flatten", [b.op("GlobalAveragePool", [c])], axis=1)
-    b.nodes.append(onnx.helper.make_node("Gemm", [pooled, b.weight((5, 4)), small(b, (5,))], ["y"], name="head",
-                                         transB=1))
-    b.output("y")
-    model = b.model()
+    model = _finish(b, y, 8)
     _, analysis = inspect(model)
     g = group_of(analysis, a)
     assert g.prunable and g.size == 8, g.reasons

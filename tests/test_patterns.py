@@ -10,19 +10,8 @@ from halp_onnx.builder import GraphBuilder
 from halp_onnx.passes.rewrite import kept_channels, rewrite
 from halp_onnx.passes.verify import compare, masked_reference, session, verify
 
-
-def node(tensor: str) -> str:
-    """The builder names a node's output '<node>_out' (or '<node>_out<i>')."""
-    return tensor.rsplit("_out", 1)[0]
-
-
-def group_of(analysis, tensor: str):
-    """The one channel group whose channels a tensor carries."""
-    ids = analysis.channels_of(tensor)
-    assert ids is not None, f"{tensor} is not tracked"
-    groups = set(ids[:, 0].tolist())
-    assert len(groups) == 1, f"{tensor} carries channels of groups {groups}"
-    return analysis.groups[groups.pop()]
+from graph_helpers import group_of
+from graph_helpers import node_of as node
 
 
 def names(*tensors: str) -> set[str]:
