@@ -217,22 +217,29 @@ def main() -> int:
     if json_path.exists():
         records = {r["model"]: r for r in json.loads(json_path.read_text())["models"]}
     for name in names:
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run([sys.executable, __file__, "--one", name, "--zoo", str(zoo), "--ratio", str(args.ratio)],
-                                  capture_output=True, text=True, timeout=args.timeout)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RECORD ")), None)
-            record = json.loads(line[7:]) if line else {
-                "model": name, "status": "failed",
-                "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:400]}
-        except subprocess.TimeoutExpired:
-            record = {"model": name, "status": "failed", "error": f"timed out after {args.timeout}s"}
-        record["total_s"] = round(time.perf_counter() - t0, 1)
+        record = _run_child(["--one", name, "--zoo", str(zoo), "--ratio", str(args.ratio)], name, "status",
+                            args.timeout)
         records[name] = record
         print(f"{name:28} {record['status']:9} {record.get('max_rel_error', '')!s:10} "
               f"{record.get('prunable_param_share', '')!s:8} {record.get('error', '')[:120]}", flush=True)
         _write(records, out, args.ratio)
     return 0
+
+
+def _run_child(argv: list[str], name: str, status_key: str, timeout: int) -> dict:
+    """This script on one model in a child process (a crash or a hang costs that model only): the record it
+    prints on its ``RECORD`` line, or a failed one saying why, with the wall time."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, timeout=timeout)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RECORD ")), None)
+        record = json.loads(line[7:]) if line else {
+            "model": name, status_key: "failed",
+            "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:400]}
+    except subprocess.TimeoutExpired:
+        record = {"model": name, status_key: "failed", "error": f"timed out after {timeout}s"}
+    record["total_s"] = round(time.perf_counter() - t0, 1)
+    return record
 
 
 def _main_zoo2(args) -> int:
@@ -254,17 +261,8 @@ def _main_zoo2(args) -> int:
     json_path = out / "coverage_zoo2.json"
     records = {r["model"]: r for r in json.loads(json_path.read_text())["models"]} if json_path.exists() else {}
     for name in names:
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run([sys.executable, __file__, "--zoo2", str(zoo), "--one2", name,
-                                   "--ratio", str(args.ratio)], capture_output=True, text=True, timeout=args.timeout)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RECORD ")), None)
-            record = json.loads(line[7:]) if line else {
-                "model": name, "prune": "failed",
-                "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:400]}
-        except subprocess.TimeoutExpired:
-            record = {"model": name, "prune": "failed", "error": f"timed out after {args.timeout}s"}
-        record["total_s"] = round(time.perf_counter() - t0, 1)
+        record = _run_child(["--zoo2", str(zoo), "--one2", name, "--ratio", str(args.ratio)], name, "prune",
+                            args.timeout)
         records[name] = record
         print(f"{name:32} {record.get('prune', '')[:20]:20} {record.get('compile', '')[:40]:40} "
               f"{record.get('error', '')[:100]}", flush=True)
