@@ -1,11 +1,15 @@
 """Helpers the hand-built graph tests share (test_graphs_cnn, test_graphs_transformer, test_patterns,
 test_gpu_fusion): node names from the builder's tensor names, the group a tensor's channels belong to,
-small constants, SiLU."""
+small constants, SiLU, and prune-rewrite-verify."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
+from halp_onnx import inspect
 from halp_onnx.builder import GraphBuilder
+from halp_onnx.passes.rewrite import rewrite
+from halp_onnx.passes.verify import compare, verify
 
 
 def node_of(tensor: str) -> str:
@@ -32,3 +36,28 @@ def small(b: GraphBuilder, shape, scale: float = 0.1, offset: float = 0.0) -> st
 
 def silu(b: GraphBuilder, x: str) -> str:
     return b.op("Mul", [x, b.op("Sigmoid", [x])])
+
+
+def prune_and_check(model: onnx.ModelProto, drop: dict[int, list[int]] | None = None, seed: int = 0, *,
+                    at_least_one: bool = False, input_sensitive: bool = False):
+    """Remove the given channels (default: a random third of every prunable group; ``at_least_one``: one
+    channel even from small groups), rewrite, check, and verify against the masked reference, which must
+    differ from the dense model (so the check is not vacuous); ``input_sensitive``: the outputs must change
+    with the inputs too."""
+    loaded, analysis = inspect(model)
+    rng = np.random.default_rng(seed)
+    keep = {}
+    for g in analysis.prunable:
+        if drop is not None:
+            removed = set(drop.get(g.id, []))
+        else:
+            n = max(1, g.size // 3) if at_least_one else g.size // 3
+            removed = set(rng.choice(g.size, size=n, replace=False).tolist()) if g.size > 1 else set()
+        keep[g.id] = [i for i in range(g.size) if i not in removed]
+    result = rewrite(loaded, analysis, keep)
+    onnx.checker.check_model(result.model, full_check=True)
+    check = verify(loaded, analysis, result.kept, result.model)
+    assert check.passed and check.max_rel_error < 1e-4 and (check.input_sensitive or not input_sensitive)
+    if not result.kept.all():
+        assert not compare(loaded.model, result.model, rtol=1e-4).passed
+    return loaded, analysis, result

@@ -15,33 +15,18 @@ import pytest
 from halp_onnx import inspect, prune
 from halp_onnx.builder import GraphBuilder
 from halp_onnx.passes.rewrite import rewrite
-from halp_onnx.passes.verify import compare, masked_reference, session, verify
+from halp_onnx.passes.verify import masked_reference, session, verify
 
 from graph_helpers import group_of, i64, node_of, small
+from graph_helpers import prune_and_check as _prune_and_check
 
 T, C, HEADS = 5, 12, 3  # tokens, width, heads (head_dim 4)
 
 
 # ------------------------------------------------------------------------------------------ helpers
 def prune_and_check(model: onnx.ModelProto, drop: dict[int, list[int]] | None = None, seed: int = 0):
-    """Remove the given channels (default: a random third of every prunable group, at least one), rewrite,
-    check, and verify against the masked reference; the reference must differ from the dense model."""
-    loaded, analysis = inspect(model)
-    rng = np.random.default_rng(seed)
-    keep = {}
-    for g in analysis.prunable:
-        if drop is not None:
-            removed = set(drop.get(g.id, []))
-        else:
-            removed = set(rng.choice(g.size, size=max(1, g.size // 3), replace=False).tolist()) if g.size > 1 else set()
-        keep[g.id] = [i for i in range(g.size) if i not in removed]
-    result = rewrite(loaded, analysis, keep)
-    onnx.checker.check_model(result.model, full_check=True)
-    check = verify(loaded, analysis, result.kept, result.model)
-    assert check.passed and check.max_rel_error < 1e-4 and check.input_sensitive
-    if not result.kept.all():
-        assert not compare(loaded.model, result.model, rtol=1e-4).passed
-    return loaded, analysis, result
+    """graph_helpers.prune_and_check, removing at least one channel per group, outputs input-sensitive."""
+    return _prune_and_check(model, drop, seed, at_least_one=True, input_sensitive=True)
 
 
 def linear(b: GraphBuilder, x: str, c_in: int, c_out: int) -> str:

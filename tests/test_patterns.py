@@ -8,36 +8,14 @@ import pytest
 from halp_onnx import HalpError, inspect
 from halp_onnx.builder import GraphBuilder
 from halp_onnx.passes.rewrite import kept_channels, rewrite
-from halp_onnx.passes.verify import compare, masked_reference, session, verify
+from halp_onnx.passes.verify import masked_reference, session, verify
 
-from graph_helpers import group_of
+from graph_helpers import group_of, prune_and_check
 from graph_helpers import node_of as node
 
 
 def names(*tensors: str) -> set[str]:
     return {node(t) for t in tensors}
-
-
-def prune_and_check(model: onnx.ModelProto, drop: dict[int, list[int]] | None = None, seed: int = 0):
-    """Remove the given channels (default: a random third of every prunable group) and verify."""
-    loaded, analysis = inspect(model)
-    rng = np.random.default_rng(seed)
-    keep = {}
-    for g in analysis.prunable:
-        if drop is not None:
-            removed = set(drop.get(g.id, []))
-        else:
-            removed = set(rng.choice(g.size, size=g.size // 3, replace=False).tolist()) if g.size > 1 else set()
-        keep[g.id] = [i for i in range(g.size) if i not in removed]
-    result = rewrite(loaded, analysis, keep)
-    onnx.checker.check_model(result.model, full_check=True)
-    check = verify(loaded, analysis, result.kept, result.model)
-    assert check.passed and check.max_rel_error < 1e-4
-    # the masked reference really differs from the dense model (so the check is not vacuous)
-    if not result.kept.all():
-        dense = compare(loaded.model, result.model, rtol=1e-4)
-        assert not dense.passed
-    return loaded, analysis, result
 
 
 def conv_relu(b, x, c_in, c_out, **kw):
