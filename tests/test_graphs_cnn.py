@@ -336,6 +336,97 @@ def test_detect_branch_of_one_level_is_not_removable():
     assert len(result.model.graph.node) < len(loaded.model.graph.node)
 
 
+def _csp_neck():
+    """A CSP block without a shortcut (YOLOv8's neck C2f): Split, a two-conv bottleneck, Concat of the
+    halves and the bottleneck, a 1x1 conv; plus a side path whose middle conv would compute on a constant
+    if the conv before it lost its channels."""
+    b = GraphBuilder(opset=17)
+    x = b.input("images", [1, 3, 16, 16])
+    t = cbs(b, x, 3, 16, stride=2)
+    a, s = b.op("Split", [cbs(b, t, 16, 16, k=1), _i64(b, [8, 8])], n_out=2, axis=1)
+    m = cbs(b, cbs(b, s, 8, 8), 8, 8)
+    c = cbs(b, b.op("Concat", [a, s, m], axis=1), 24, 16, k=1)
+    q = cbs(b, t, 16, 8, k=1)  # side path: q -> r -> u, joined by a Concat with c
+    u = cbs(b, cbs(b, q, 8, 8), 8, 8)
+    b.conv(b.op("Concat", [c, u], axis=1), 24, 4, k=1)
+    b.nodes[-1].output[0] = "y"
+    b.output("y")
+    return b.model()
+
+
+def _producing(analysis, loaded, op_index: int):
+    convs = [n for n in loaded.model.graph.node if n.op_type == "Conv"]
+    return group_of(analysis, convs[op_index].output[0])
+
+
+def test_concat_input_is_removable_and_its_branch_vanishes():
+    """The bottleneck's output is one input of a channel Concat: removing it drops that input, and the
+    bottleneck's first conv, which only fed it, goes too. The cost model and the prediction both stop
+    charging that conv, although its own output group keeps its width."""
+    from halp_onnx.passes.latency_cost import build_cost_model, total_latency
+    from halp_onnx.profiles.blocks import model_blocks
+    from halp_onnx.profiles.latency import LatencyModel, predict
+    from halp_onnx.profiles.targets import get_target
+
+    loaded, analysis = inspect(_csp_neck())
+    convs = [n for n in loaded.model.graph.node if n.op_type == "Conv"]
+    hidden, out = _producing(analysis, loaded, 2), _producing(analysis, loaded, 3)  # the bottleneck's convs
+    assert out.removable, out.remove_reason
+    assert convs[2].name in out.vanishes and convs[3].name in out.vanishes
+    result = rewrite_and_verify(loaded, analysis, {out.id: []})
+    names = {n.name for n in result.model.graph.node}
+    assert convs[2].name not in names and convs[3].name not in names
+    joined = next(n for n in result.model.graph.node if n.name == convs[4].name).input[0]
+    concat = next(n for n in result.model.graph.node if joined in n.output)
+    assert concat.op_type == "Concat" and len(concat.input) == 2  # the halves; the bottleneck's input gone
+
+    tgt = get_target("trt-v100")
+    blocks = model_blocks(loaded, analysis, precision=tgt.precision, fusion=tgt.fusion)
+    lm = LatencyModel(tgt, None)
+    cm = build_cost_model(analysis, blocks, lm.step, block_ms=lm.block_ms, monotone=False)
+    dying = next(bc for bc in cm.blocks if bc.block.node == convs[2].name)
+    assert dying.owner == hidden.id and out.id in dying.dies_with
+    widths = {g: ch.size for g, ch in cm.choices.items()}
+    dense_ms = total_latency(cm, widths, lm.block_ms)
+    widths[out.id] = 0
+    removed_ms = total_latency(cm, widths, lm.block_ms)
+    ci, co = cm.block_widths(dying, widths)
+    assert co == 0 and removed_ms < dense_ms
+    kept = result.kept
+    assert abs(predict(blocks, lm, analysis, kept).total_ms - removed_ms) < 1e-9
+
+
+def test_groups_that_go_with_a_removal_lose_their_value_in_the_knapsack():
+    """Removing the CSP block's output takes the whole block (its first conv, the bottleneck) with it:
+    those groups are its shadow, and the knapsack's width-0 choice of the output group is charged their
+    value, so it cannot keep their importance while deleting their layers (an LR-ASPP head whose removal
+    took half the backbone was chosen that way, keeping 0.6% of the parameters at 0.23 x dense)."""
+    from halp_onnx.passes.latency_cost import build_cost_model, shadowed_values
+    from halp_onnx.profiles.blocks import model_blocks
+    from halp_onnx.profiles.latency import LatencyModel
+    from halp_onnx.profiles.targets import get_target
+
+    loaded, analysis = inspect(_csp_neck())
+    block_out = _producing(analysis, loaded, 4)
+    inner = {_producing(analysis, loaded, i).id for i in (1, 2, 3)}
+    assert block_out.removable and inner <= set(block_out.shadow)
+    side_last = _producing(analysis, loaded, 7)  # the Concat drops the side path; its earlier convs go too
+    assert side_last.removable and {_producing(analysis, loaded, i).id for i in (5, 6)} <= set(side_last.shadow)
+    side_first = _producing(analysis, loaded, 5)  # the next convs compute constants: their groups go with it
+    assert side_first.removable and {_producing(analysis, loaded, i).id for i in (6, 7)} <= set(side_first.shadow)
+    rewrite_and_verify(loaded, analysis, {block_out.id: []})
+
+    tgt = get_target("trt-v100")
+    lm = LatencyModel(tgt, None)
+    blocks = model_blocks(loaded, analysis, precision=tgt.precision, fusion=tgt.fusion)
+    cm = build_cost_model(analysis, blocks, lm.step, block_ms=lm.block_ms, min_keep=0)
+    values = {g: np.asarray(ch.widths, dtype=float) for g, ch in cm.choices.items()}
+    charged = shadowed_values(cm, values)
+    gone = sum(values[w][-1] for w in cm.shadow[block_out.id])
+    assert gone > 0 and charged[block_out.id][0] == values[block_out.id][0] - gone
+    assert all((charged[g] == values[g]).all() for g in values if g not in cm.shadow)
+
+
 def test_compile_yolo_like_is_verified_and_not_refused():
     from halp_onnx import compile as halp_compile
 

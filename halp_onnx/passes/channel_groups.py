@@ -42,6 +42,8 @@ class ChannelGroup:
     macs: int  # multiply-accumulates of the producers and consumers
     removable: bool  # may be pruned to zero channels (its branch folds away)
     remove_reason: str = ""
+    vanishes: tuple[str, ...] = ()  # removable: the nodes that disappear with it (not those left constant)
+    shadow: tuple[int, ...] = ()  # removable: other groups whose producers all vanish or turn constant with it
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -373,8 +375,10 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
             remove_reason=""))
     readers = reader_names(ctx.model.graph)
     for g, group in enumerate(groups):
-        reason = _removal_blocker(ctx, group, labels, channel_group, readers) if group.prunable else "it is frozen"
-        groups[g] = replace(group, removable=not reason, remove_reason=reason)
+        reason, gone, live = _removal_blocker(ctx, group, labels, channel_group, readers) if group.prunable \
+            else ("it is frozen", (), {})
+        groups[g] = replace(group, removable=not reason, remove_reason=reason, vanishes=gone,
+                            shadow=_shadow(ctx, groups, g, live) if not reason else ())
     consumers_out = tuple(Consumer(n, i, t) for n, i, t in ctx.consumer_specs)
     prunable_inits = {name for g in groups if g.prunable for name in g.initializers}
     prunable_params = int(sum(param_count(ctx.consts[n]) for n in prunable_inits if n in ctx.consts))
@@ -388,17 +392,27 @@ _CONSTANT_WHEN_EMPTY = ANCHOR_OPS  # a consumer that lost every input channel be
 
 
 def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str, Labels],
-                     channel_group: np.ndarray, readers: Mapping[str, Sequence[str]]) -> str:
-    """Why the group cannot go to zero channels ("" if it can): its branch must vanish, its consumers
-    become constants, and every graph output must still depend on a graph input - all of it, where it
-    did: a branch whose constant reaches an output without joining a live tensor (a detection head's
-    branch at one level, concatenated with the other levels along the anchors axis) must stay."""
-    tensors = set(group.tensors)
+                     channel_group: np.ndarray, readers: Mapping[str, Sequence[str]]
+                     ) -> tuple[str, tuple[str, ...], Mapping]:
+    """Why the group cannot go to zero channels ("" if it can), the nodes that vanish with it, and which
+    tensors still depend on the inputs then (:func:`_liveness`).
+
+    Its branch must vanish, its consumers become constants, and every graph output must still depend on a
+    graph input - all of it, where it did: a branch whose constant reaches an output without joining a
+    live tensor (a detection head's branch at one level, concatenated with the other levels along the
+    anchors axis) must stay. A tensor that also carries other groups' channels (a channel Concat, the
+    Split of a CSP block) only loses this group's: a Concat along the channels drops the inputs left
+    empty, and a Split keeps an empty output that nothing reads."""
+    own: set[str] = set()  # tensors that carry only this group's channels: they disappear
     for t in group.tensors:
         others = set(_groups_in(labels[t], channel_group)) - {group.id}
-        if others or (labels[t].ids < 0).any():
-            return f"tensor '{t}' also carries other channels"
-    consumers = set(group.consumers)
+        if not others:
+            if (labels[t].ids < 0).any():
+                return f"tensor '{t}' also carries channels no group owns", (), {}
+            own.add(t)
+    tensors = own
+    # a consumer becomes a constant (its bias) only where every channel it reads is this group's
+    consumers = {n for n, _, t in ctx.consumer_specs if t in own}
     vanished = set()
     for node in ctx.model.graph.node:
         outs = [o for o in node.output if o]
@@ -408,20 +422,40 @@ def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str
     # used inside the branch) is dead code once the branch is gone
     vanished = dead_with(ctx.model.graph, vanished, keep=consumers, readers=readers)
     for node in ctx.model.graph.node:
-        if node.name in vanished:
+        if node.name in vanished or not any(i in tensors for i in node.input):
             continue
-        if any(i in tensors for i in node.input):
-            if node.name not in consumers or node.op_type not in _CONSTANT_WHEN_EMPTY:
-                return f"node '{node.name}' ({node.op_type}) would be left without input"
+        if node.name in consumers and node.op_type in _CONSTANT_WHEN_EMPTY:
+            continue
+        if node.op_type == "Concat" and _concat_on_channels(ctx, node, labels) and \
+                any(i not in tensors for i in node.input):
+            continue  # drops the empty inputs
+        return f"node '{node.name}' ({node.op_type}) would be left without input", (), {}
     live = _liveness(ctx, vanished | consumers, labels)
     dense = ctx.dense_liveness = ctx.dense_liveness or _liveness(ctx, set(), labels)
     if any(o.name not in live for o in ctx.model.graph.output):
-        return "without it the graph outputs would no longer depend on the inputs"
+        return "without it the graph outputs would no longer depend on the inputs", (), {}
     for o in ctx.model.graph.output:
         if _rank(live[o.name]) < _rank(dense.get(o.name)):
             return (f"without it part of graph output '{o.name}' would no longer depend on the inputs "
-                    "(a branch that reaches the output without joining a live one)")
-    return ""
+                    "(a branch that reaches the output without joining a live one)"), (), {}
+    order = {n.name: i for i, n in enumerate(ctx.model.graph.node)}
+    return "", tuple(sorted(vanished, key=lambda n: order.get(n, -1))), live
+
+
+def _shadow(ctx: AnalysisContext, groups: Sequence[ChannelGroup], g: int, live: Mapping) -> tuple[int, ...]:
+    """The other prunable groups whose every producer is gone or computes a constant once group ``g`` is
+    removed: their channels go with it (their value must not count when ``g`` is removed)."""
+    outs = {n.name: [o for o in n.output if o] for n in ctx.model.graph.node}
+    return tuple(w.id for w in groups if w.id != g and w.prunable and w.producers and
+                 all(not any(o in live for o in outs.get(p, ())) for p in w.producers))
+
+
+def _concat_on_channels(ctx: AnalysisContext, node: onnx.NodeProto, labels: dict[str, Labels]) -> bool:
+    """Whether a Concat joins its inputs along the axis its output's channels are labelled on."""
+    out = node.output[0]
+    shape, lab = ctx.shapes.get(out), labels.get(out)
+    return shape is not None and lab is not None and \
+        lab.axes == (norm_axis(int(ctx.attr(node, "axis", 1)), len(shape)),)
 
 
 _UNKNOWN = frozenset({-1})  # some positions are constants, which ones is not followed
@@ -456,9 +490,7 @@ def _liveness(ctx: AnalysisContext, constant: set[str], labels: dict[str, Labels
         dead: frozenset | None
         if node.op_type == "Concat":
             dead = None if all(i in state and state[i] is None for i in names) else _UNKNOWN
-            shape, lab = ctx.shapes.get(outs[0]), labels.get(outs[0])
-            if dead is not None and shape is not None and lab is not None and \
-                    lab.axes == (norm_axis(int(ctx.attr(node, "axis", 1)), len(shape)),):
+            if dead is not None and _concat_on_channels(ctx, node, labels):
                 parts = [state[i] if i in state else ids(i) for i in names]  # a constant: all its channels
                 if all(p is not _UNKNOWN and (p is not None or i in state) for p, i in zip(parts, names)):
                     dead = frozenset().union(*(p for p in parts if p is not None))

@@ -54,6 +54,7 @@ class BlockCost:
     c_in: Side
     c_out: Side
     owner: int | None  # the group this block's latency is attributed to
+    dies_with: tuple[int, ...] = ()  # groups whose removal takes this block away (a branch's dead producer)
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,12 @@ class CostModel:
     choices: dict[int, GroupChoices]
     sizes: dict[int, int]
     frozen: dict[int, str] = field(default_factory=dict)  # prunable groups held dense, with the reason
+    shadow: dict[int, tuple[int, ...]] = field(default_factory=dict)  # removable group -> groups gone with it
 
     def block_widths(self, bc: BlockCost, widths: dict[int, int]) -> tuple[int, int]:
+        """(c_in, c_out) at ``widths``; c_out is 0 where a group the block dies with is removed."""
+        if any(widths.get(g, 1) == 0 for g in bc.dies_with):
+            return bc.c_in.width(widths, self.sizes), 0
         return bc.c_in.width(widths, self.sizes), bc.c_out.width(widths, self.sizes)
 
 
@@ -113,6 +118,12 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
     frozen = dict(frozen or {})
     prunable = {g.id for g in analysis.prunable if g.id not in frozen}
     sizes = {g.id: g.size for g in analysis.groups}
+    vanishing: dict[str, list[int]] = {}  # node -> removable groups it disappears with
+    if allow_removal:
+        for cg in analysis.prunable:
+            if cg.removable and cg.id in prunable:
+                for n in cg.vanishes:
+                    vanishing.setdefault(n, []).append(cg.id)
     costs = []
     steps: dict[int, int] = {g: 1 for g in prunable}
     for b in blocks:
@@ -123,7 +134,8 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
             owner = max(cout.counts, key=lambda gc: gc[1])[0]
         elif cin.counts:
             owner = max(cin.counts, key=lambda gc: gc[1])[0]
-        costs.append(BlockCost(b, cin, cout, owner))
+        dies = tuple(g for g in vanishing.get(b.node, ()) if g != owner)
+        costs.append(BlockCost(b, cin, cout, owner, dies))
         s = int(step_of(b.signature))
         for g in set(cin.groups()) | set(cout.groups()):
             steps[g] = max(steps[g], s)
@@ -140,7 +152,9 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
         if allow_removal and cg.removable:
             widths = [0] + widths
         choices[cg.id] = GroupChoices(cg.id, size, step, tuple(sorted(set(widths))))
-    cm = CostModel(tuple(costs), choices, sizes, frozen)
+    shadow = {g: tuple(w for w in analysis.groups[g].shadow if w in choices)
+              for g, ch in choices.items() if ch.widths[0] == 0 and analysis.groups[g].shadow}
+    cm = CostModel(tuple(costs), choices, sizes, frozen, {g: w for g, w in shadow.items() if w})
     if monotone and block_ms is not None:
         cm = monotone_choices(cm, block_ms)
     return cm
@@ -159,7 +173,8 @@ def touch_costs(cm: CostModel, group: int, widths: dict[int, int], block_ms) -> 
     other groups at ``widths``."""
     ch = cm.choices[group]
     row = np.zeros(len(ch.widths))
-    touching = [bc for bc in cm.blocks if group in bc.c_in.groups() or group in bc.c_out.groups()]
+    touching = [bc for bc in cm.blocks
+                if group in bc.c_in.groups() or group in bc.c_out.groups() or group in bc.dies_with]
     trial = dict(widths)
     for j, w in enumerate(ch.widths):
         trial[group] = w
@@ -188,16 +203,46 @@ def monotone_choices(cm: CostModel, block_ms) -> CostModel:
         keep = [w for j, w in enumerate(ch.widths)
                 if j == len(ch.widths) - 1 or cost[j] <= best_wider[j + 1] * (1 + 1e-9) + 1e-12]
         out[g] = GroupChoices(ch.group, ch.size, ch.step, tuple(keep))
-    return CostModel(cm.blocks, out, cm.sizes, cm.frozen)
+    return replace(cm, choices=out)
+
+
+def shadowed_values(cm: CostModel, values: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """``values`` with each removable group's width-0 choice charged the value of the groups that go
+    with it (their producers vanish or compute constants): the knapsack cannot keep their importance
+    while the branch that carries them is gone. A shadowed group then costs nothing at any width, so
+    the solution keeps it whole and the total is exact."""
+    if not cm.shadow:
+        return values
+    out = dict(values)
+    for g, gone in cm.shadow.items():
+        if g in out and cm.choices[g].widths[0] == 0:
+            row = np.array(out[g], dtype=np.float64)
+            row[0] -= sum(float(values[w][-1]) for w in gone if w in values)
+            out[g] = row
+    return out
 
 
 def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[int, np.ndarray], float]:
     """Per group: latency (ms) of its attributed blocks at each allowed width, others at ``widths``;
-    and the latency of the blocks no group owns. ``block_ms(signature, c_in, c_out) -> ms``."""
+    and the latency of the blocks no group owns. ``block_ms(signature, c_in, c_out) -> ms``.
+
+    A block that dies with another group's removal adds to that group's row what the removal changes
+    (minus the block's latency at zero, nothing at other widths), so the rows still add up to the
+    model's latency at ``widths``."""
     per_group = {g: np.zeros(len(ch.widths)) for g, ch in cm.choices.items()}
     constant = 0.0
     for bc in cm.blocks:
         sig = bc.block.signature
+        for d in bc.dies_with:
+            if d not in cm.choices:
+                continue
+            ci, co = cm.block_widths(bc, widths)
+            here = block_ms(sig, ci, co) if co > 0 else 0.0
+            trial = dict(widths)
+            for j, w in enumerate(cm.choices[d].widths):
+                trial[d] = w
+                ci, co = cm.block_widths(bc, trial)
+                per_group[d][j] += (block_ms(sig, ci, co) if co > 0 else 0.0) - here
         if bc.owner is None or bc.owner not in cm.choices:
             ci, co = cm.block_widths(bc, widths)
             constant += block_ms(sig, ci, co) if co > 0 else 0.0

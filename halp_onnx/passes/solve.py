@@ -14,7 +14,7 @@ import numpy as np
 from ..ops.table import ANCHOR_OPS, SPATIAL_ANCHOR_OPS
 from .channel_groups import ChannelAnalysis
 from .knapsack import KnapsackItem, solve
-from .latency_cost import CostModel, group_costs, total_latency
+from .latency_cost import CostModel, group_costs, shadowed_values, total_latency
 
 SOLVERS = ("exact", "augmented")
 
@@ -68,6 +68,7 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
     searched (bracketing + bisection) so that the whole-model prediction at the solution's widths lands
     just under the real budget. The most valuable solution whose prediction fits is kept. ``start``:
     the widths the first solve prices neighbours at (default dense)."""
+    values = shadowed_values(cm, values)
     state = _SolveState(dict(start) if start is not None else {g: ch.widths[-1] for g, ch in cm.choices.items()})
     rounds: list[Round] = []
     best: list = []  # [value, pred, widths]

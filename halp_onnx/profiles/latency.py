@@ -234,6 +234,11 @@ def predict(blocks: Sequence[Block], lm: LatencyModel, analysis: ChannelAnalysis
             kept: np.ndarray | None = None) -> Prediction:
     """Latency of the model whose blocks are ``blocks`` with ``kept`` channels (dense when None)."""
     rows = []
+    gone: set[str] = set()  # nodes that vanish with a removed group (a dropped Concat input's producers)
+    if kept is not None and analysis is not None:
+        for g in analysis.groups:
+            if g.removable and g.vanishes and not kept[analysis.channel_group == g.id].any():
+                gone.update(g.vanishes)
     for b in blocks:
         if kept is None:
             ci, co = b.c_in, b.c_out
@@ -241,6 +246,8 @@ def predict(blocks: Sequence[Block], lm: LatencyModel, analysis: ChannelAnalysis
             raise AttributeError("predict: 'kept' channels need the analysis that numbers them")
         else:
             ci, co = block_widths(analysis, kept, b)
+            if b.node in gone:
+                co = 0
         ms = lm.block_ms(b.signature, ci, co) if co > 0 else 0.0
         rows.append(BlockLatency(b.node, b.signature.op, b.signature.key(), ci, co, ms,
                                  lm.is_measured(b.signature, ci, co)))
