@@ -421,10 +421,60 @@ def test_groups_that_go_with_a_removal_lose_their_value_in_the_knapsack():
     blocks = model_blocks(loaded, analysis, precision=tgt.precision, fusion=tgt.fusion)
     cm = build_cost_model(analysis, blocks, lm.step, block_ms=lm.block_ms, min_keep=0)
     values = {g: np.asarray(ch.widths, dtype=float) for g, ch in cm.choices.items()}
-    charged = shadowed_values(cm, values)
+    dense = {g: ch.size for g, ch in cm.choices.items()}
+    charged = shadowed_values(cm, values, dense)
     gone = sum(values[w][-1] for w in cm.shadow[block_out.id])
     assert gone > 0 and charged[block_out.id][0] == values[block_out.id][0] - gone
     assert all((charged[g] == values[g]).all() for g in values if g not in cm.shadow)
+
+
+@pytest.mark.parametrize("removed", [(), ("out",), ("out", "hidden")])
+def test_group_costs_add_up_with_layers_that_die_with_a_removal(removed):
+    """The knapsack's rows (per group, at the current widths) plus the constant are the model's latency,
+    whether the layers that die with a removal are alive or already gone; and one group's change of
+    width, the others fixed, changes the total as its row says."""
+    from halp_onnx.passes.latency_cost import build_cost_model, group_costs, total_latency
+    from halp_onnx.profiles.blocks import model_blocks
+    from halp_onnx.profiles.latency import LatencyModel
+    from halp_onnx.profiles.targets import get_target
+
+    loaded, analysis = inspect(_csp_neck())
+    tgt = get_target("trt-v100")
+    lm = LatencyModel(tgt, None)
+    blocks = model_blocks(loaded, analysis, precision=tgt.precision, fusion=tgt.fusion)
+    cm = build_cost_model(analysis, blocks, lm.step, block_ms=lm.block_ms, min_keep=0)
+    named = {"out": _producing(analysis, loaded, 3).id, "hidden": _producing(analysis, loaded, 2).id}
+    assert any(bc.dies_with for bc in cm.blocks)
+    widths = {g: ch.widths[len(ch.widths) // 2] for g, ch in cm.choices.items()}
+    for name in removed:
+        widths[named[name]] = 0
+    rows, const = group_costs(cm, widths, lm.block_ms)
+    at = {g: cm.choices[g].widths.index(w) for g, w in widths.items()}
+    total = total_latency(cm, widths, lm.block_ms)
+    assert abs(const + sum(rows[g][at[g]] for g in rows) - total) < 1e-12
+    out = named["out"]
+    for j, w in enumerate(cm.choices[out].widths):  # the removal's own row is exact, the others fixed
+        moved = total_latency(cm, {**widths, out: w}, lm.block_ms)
+        assert abs((moved - total) - (rows[out][j] - rows[out][at[out]])) < 1e-12
+
+
+def test_a_split_output_of_a_removed_group_is_left_empty():
+    """A Split of a channel Concat whose halves are different groups: removing one group drops its Concat
+    input and leaves its Split output empty (nothing reads it once the next Concat drops it too)."""
+    b = GraphBuilder(opset=17)
+    x = b.input("images", [1, 3, 16, 16])
+    t = cbs(b, x, 3, 8)
+    a, s = b.op("Split", [b.op("Concat", [cbs(b, t, 8, 8), cbs(b, t, 8, 8)], axis=1), _i64(b, [8, 8])],
+                n_out=2, axis=1)
+    b.conv(b.op("Concat", [cbs(b, a, 8, 8), s], axis=1), 16, 4, k=1)
+    b.nodes[-1].output[0] = "y"
+    b.output("y")
+    loaded, analysis = inspect(b.model())
+    removable = [g for g in analysis.prunable if g.removable]
+    assert len(removable) == 3, [(g.id, g.remove_reason) for g in analysis.prunable]
+    for g in removable:
+        result = rewrite_and_verify(loaded, analysis, {g.id: []})
+        assert len(result.model.graph.node) < len(loaded.model.graph.node)
 
 
 def test_compile_yolo_like_is_verified_and_not_refused():

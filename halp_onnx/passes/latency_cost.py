@@ -206,54 +206,67 @@ def monotone_choices(cm: CostModel, block_ms) -> CostModel:
     return replace(cm, choices=out)
 
 
-def shadowed_values(cm: CostModel, values: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """``values`` with each removable group's width-0 choice charged the value of the groups that go
-    with it (their producers vanish or compute constants): the knapsack cannot keep their importance
-    while the branch that carries them is gone. A shadowed group then costs nothing at any width, so
-    the solution keeps it whole and the total is exact."""
+def shadowed_values(cm: CostModel, values: dict[int, np.ndarray], widths: dict[int, int]) -> dict[int, np.ndarray]:
+    """``values`` with each removable group's width-0 choice charged the value, at ``widths``, of the
+    groups that go with it (their producers vanish or compute constants): the knapsack cannot keep their
+    importance while deleting the layers that carry it. Linearised at ``widths``, as the costs are."""
     if not cm.shadow:
         return values
     out = dict(values)
     for g, gone in cm.shadow.items():
         if g in out and cm.choices[g].widths[0] == 0:
             row = np.array(out[g], dtype=np.float64)
-            row[0] -= sum(float(values[w][-1]) for w in gone if w in values)
+            for w in gone:
+                if w in values:
+                    j = cm.choices[w].widths.index(widths[w]) if widths.get(w) in cm.choices[w].widths else -1
+                    row[0] -= float(values[w][j])
             out[g] = row
     return out
+
+
+def _alive_widths(cm: CostModel, bc: BlockCost, widths: dict[int, int]) -> tuple[int, int]:
+    return bc.c_in.width(widths, cm.sizes), bc.c_out.width(widths, cm.sizes)
 
 
 def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[int, np.ndarray], float]:
     """Per group: latency (ms) of its attributed blocks at each allowed width, others at ``widths``;
     and the latency of the blocks no group owns. ``block_ms(signature, c_in, c_out) -> ms``.
 
-    A block that dies with another group's removal adds to that group's row what the removal changes
-    (minus the block's latency at zero, nothing at other widths), so the rows still add up to the
-    model's latency at ``widths``."""
+    A block that dies with another group's removal (``dies_with``) is priced first-order at ``widths``,
+    so that the rows add up to the model's latency there: alive, the removing group's width-0 choice
+    saves its latency; dead, its owner's row carries only the change from its current width (widening a
+    dead layer is not free: it comes back if the removal is undone), and the one group whose removal
+    kills it pays it back at its other widths."""
     per_group = {g: np.zeros(len(ch.widths)) for g, ch in cm.choices.items()}
     constant = 0.0
+
+    def ms(bc: BlockCost, w: dict[int, int]) -> float:
+        ci, co = _alive_widths(cm, bc, w)
+        return block_ms(bc.block.signature, ci, co) if co > 0 else 0.0
+
     for bc in cm.blocks:
-        sig = bc.block.signature
-        for d in bc.dies_with:
-            if d not in cm.choices:
-                continue
-            ci, co = cm.block_widths(bc, widths)
-            here = block_ms(sig, ci, co) if co > 0 else 0.0
-            trial = dict(widths)
-            for j, w in enumerate(cm.choices[d].widths):
-                trial[d] = w
-                ci, co = cm.block_widths(bc, trial)
-                per_group[d][j] += (block_ms(sig, ci, co) if co > 0 else 0.0) - here
+        zeros = [d for d in bc.dies_with if widths.get(d, 1) == 0]
+        here = ms(bc, widths) if bc.dies_with else 0.0
+        if bc.dies_with:
+            if not zeros:
+                for d in bc.dies_with:
+                    if d in cm.choices and cm.choices[d].widths[0] == 0:
+                        per_group[d][0] -= here
+            elif len(zeros) == 1 and zeros[0] in cm.choices:
+                row_d = per_group[zeros[0]]
+                for j, w in enumerate(cm.choices[zeros[0]].widths):
+                    if w > 0:
+                        row_d[j] += here
+        shift = here if zeros else 0.0  # dead now: rows carry changes only
         if bc.owner is None or bc.owner not in cm.choices:
-            ci, co = cm.block_widths(bc, widths)
-            constant += block_ms(sig, ci, co) if co > 0 else 0.0
+            constant += ms(bc, widths) - shift
             continue
         g = bc.owner
         row = per_group[g]
         trial = dict(widths)
         for j, w in enumerate(cm.choices[g].widths):
             trial[g] = w
-            ci, co = cm.block_widths(bc, trial)
-            row[j] += block_ms(sig, ci, co) if co > 0 else 0.0
+            row[j] += ms(bc, trial) - shift
     return per_group, constant
 
 

@@ -68,18 +68,28 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
     searched (bracketing + bisection) so that the whole-model prediction at the solution's widths lands
     just under the real budget. The most valuable solution whose prediction fits is kept. ``start``:
     the widths the first solve prices neighbours at (default dense)."""
-    values = shadowed_values(cm, values)
     state = _SolveState(dict(start) if start is not None else {g: ch.widths[-1] for g, ch in cm.choices.items()})
     rounds: list[Round] = []
     best: list = []  # [value, pred, widths]
     index = {g: {w: j for j, w in enumerate(ch.widths)} for g, ch in cm.choices.items()}
+
+    def score(widths: dict[int, int]) -> tuple[float, float]:
+        """(prediction, value) of a solution; the value of groups gone with a removal does not count."""
+        gone = {w for g, ws in cm.shadow.items() if widths.get(g) == 0 for w in ws}
+        pred = total_latency(cm, widths, block_ms, overhead_ms)
+        return pred, float(sum(values[g][index[g][w]] for g, w in widths.items() if g not in gone))
+
+    def consider(widths: dict[int, int], pred: float, value: float) -> None:
+        if pred <= budget_ms * (1 + 1e-9) and (not best or value > best[0] + 1e-12):
+            best[:] = [value, pred, dict(widths)]
 
     def evaluate(internal: float) -> float:
         widths = state.widths
         changed = 0
         for _ in range(3):  # settle the neighbours' widths at this knapsack budget
             per_group, const = group_costs(cm, widths, block_ms)
-            items = [KnapsackItem(g, np.asarray(ch.widths), values[g], per_group[g])
+            charged = shadowed_values(cm, values, widths)
+            items = [KnapsackItem(g, np.asarray(ch.widths), charged[g], per_group[g])
                      for g, ch in cm.choices.items()]
             floor = sum(float(c.min()) for c in per_group.values())
             avail = max(internal - const - overhead_ms, floor)
@@ -91,12 +101,12 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
             widths = new
             if not changed:
                 break
+            if cm.shadow:  # removals make the rounds alternate: every settled step is a candidate
+                consider(widths, *score(widths))
         state.widths = widths
-        pred = total_latency(cm, widths, block_ms, overhead_ms)
-        value = float(sum(values[g][index[g][w]] for g, w in widths.items()))
+        pred, value = score(widths)
         rounds.append(Round(len(rounds), internal, pred, value, changed))
-        if pred <= budget_ms * (1 + 1e-9) and (not best or value > best[0] + 1e-12):
-            best[:] = [value, pred, dict(widths)]
+        consider(widths, pred, value)
         return pred
 
     lo = hi = None

@@ -319,8 +319,11 @@ def _guard(cfg: PipelineConfig, r: Results) -> Guards:
         if after == 0 and before > 0:
             removed.append(g)
             grp = analysis.group(g)
+            layers = sum(1 for n in grp.vanishes if n in analysis.node_macs and analysis.node_macs[n] > 0)
+            gone = f" ({layers} layer(s) go with it{', and groups ' + ', '.join(map(str, grp.shadow)) if grp.shadow else ''})" \
+                if layers > len(grp.producers) or grp.shadow else ""
             warnings.append(f"group {g} ({', '.join(grp.producers[:2]) or '-'}) removed entirely: its branch is "
-                            "gone from the model")
+                            f"gone from the model{gone}")
     p0, p1 = result.params
     share = p1 / p0 if p0 else 1.0
     if share < cfg.min_params:
