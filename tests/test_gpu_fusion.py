@@ -127,10 +127,21 @@ def test_restorer_halves_the_candidates():
         calls.append(restored)
         return 5 in restored
 
-    assert restorer([1, 2, 3, 4, 5, 6, 7, 8], alive_without) == 5
-    assert len(calls) <= 5
+    assert restorer([1, 2, 3, 4, 5, 6, 7, 8], alive_without) == [5]
+    assert len(calls) <= 8
     assert restorer([1, 2, 3], lambda r: False) is None
     assert restorer([], lambda r: True) is None
+
+
+def test_restorer_finds_every_branch_a_model_needs_back():
+    """Two Fire modules each lost both branches: one branch of each must come back (either one)."""
+    pairs = ({2, 3}, {6, 7})
+
+    def alive_without(restored):
+        return all(restored & p for p in pairs)
+
+    back = restorer(list(range(1, 11)), alive_without)
+    assert back is not None and alive_without(frozenset(back)) and len(back) == 2
 
 
 def test_removals_that_together_cut_the_class_token_off_are_not_chosen():

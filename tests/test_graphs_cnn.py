@@ -477,6 +477,40 @@ def test_a_split_output_of_a_removed_group_is_left_empty():
         assert len(result.model.graph.node) < len(loaded.model.graph.node)
 
 
+def _fire_net():
+    """SqueezeNet-like: Fire modules (squeeze, then 1x1 and 3x3 expands joined by a Concat) in a row.
+    Either expand may go alone; both together cut the path."""
+    b = GraphBuilder(opset=17)
+    x = b.input("images", [1, 3, 16, 16])
+    t = cbs(b, x, 3, 16, stride=2)
+    for _ in range(3):
+        s = cbs(b, t, 16, 4, k=1)
+        t = b.op("Concat", [cbs(b, s, 4, 8, k=1), cbs(b, s, 4, 8)], axis=1)
+    b.conv(t, 16, 4, k=1)
+    b.nodes[-1].output[0] = "y"
+    b.output("y")
+    return b.model()
+
+
+@pytest.mark.parametrize("latency", [0.9, 0.7, 0.5, 0.3])
+def test_compile_of_fire_modules_stays_live_and_within_the_budget_or_says_why(latency):
+    """Removing both expands of a module kills the output: the solver brings one back (the cheaper
+    one first) and solves again; what it returns is live and within the budget, or it says that the
+    budget cannot be met with the outputs live - never a dead or over-budget model."""
+    from halp_onnx import compile as halp_compile
+
+    loaded, analysis = inspect(_fire_net())
+    assert sum(g.removable for g in analysis.prunable) >= 6  # every expand alone
+    try:
+        result = halp_compile(_fire_net(), target="trt-v100", latency=latency, measure=False)
+    except HalpError as err:
+        assert "outputs still depending on the inputs" in str(err) or "smallest achievable" in str(err), str(err)
+        return
+    assert result.verification is not None and result.verification.passed
+    assert result.verification.candidate_input_sensitive
+    assert result.predicted_ms <= latency * result.dense_predicted_ms * (1 + 1e-6)
+
+
 def test_compile_yolo_like_is_verified_and_not_refused():
     from halp_onnx import compile as halp_compile
 

@@ -6,9 +6,9 @@ removals compose: every attention branch of a ViT can go on its own, and with al
 token never sees the image. Whether an output still depends on an input is a question about positions
 (the class token is one row of a live tensor), so it is answered numerically: the rewritten model is run
 on different random inputs and an output that does not change has been cut off (:func:`live_outputs`).
-Where the knapsack's solution is dead, :func:`restorer` finds one removed group whose branch, kept at its
-smallest width, brings the outputs back (halving the candidates, a few runs), and the caller forbids
-that group's removal and solves again.
+Where the knapsack's solution is dead, :func:`restorer` finds removed groups whose branches, kept at their
+smallest widths, bring the outputs back (halving the candidates, a few runs each), and the caller forbids
+their removal and solves again.
 """
 from __future__ import annotations
 
@@ -33,16 +33,25 @@ def live_outputs(model: onnx.ModelProto, *, like: onnx.ModelProto | None = None,
                      if any(not np.array_equal(outs[0][k], later[k]) for later in outs[1:]))
 
 
-def restorer(removed: Sequence[int], alive_without: Callable[[frozenset[int]], bool]) -> int | None:
-    """One group of ``removed`` whose restoring alone makes the model live, or None.
+def restorer(removed: Sequence[int], alive_without: Callable[[frozenset[int]], bool]) -> list[int] | None:
+    """Groups of ``removed`` whose restoring makes the model live (few, not always the fewest), or None.
 
     ``alive_without(restored)``: whether the model with every removed group except ``restored`` is
-    live. Restoring more never kills a model, so the candidates are halved: the half whose restoring
-    makes it live is searched further (``log2(len(removed)) + 1`` calls)."""
+    live. Restoring more never kills a model, so the candidates are split in halves (delta debugging):
+    with one half restored, what of the other is needed is searched, then what of the first is needed
+    beside it. One needed group costs about ``2 log2(len(removed))`` calls; SqueezeNet with both
+    branches of several Fire modules removed needs one per module."""
     cands = list(removed)
     if not cands or not alive_without(frozenset(cands)):
         return None
-    while len(cands) > 1:
-        half = cands[: len(cands) // 2]
-        cands = half if alive_without(frozenset(half)) else cands[len(cands) // 2:]
-    return cands[0] if alive_without(frozenset(cands)) else None
+
+    def needed(part: list[int], fixed: frozenset[int]) -> list[int]:
+        if alive_without(fixed):
+            return []
+        if len(part) == 1:
+            return part
+        a, b = part[: len(part) // 2], part[len(part) // 2:]
+        got_a = needed(a, fixed | frozenset(b))
+        return got_a + needed(b, fixed | frozenset(got_a))
+
+    return needed(cands, frozenset())

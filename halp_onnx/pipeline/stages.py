@@ -148,8 +148,8 @@ def solve_budget(cfg: PipelineConfig, plan: BudgetPlan, orders: dict, values: di
 def solve_live(cfg: PipelineConfig, plan: BudgetPlan, loaded: LoadedModel, analysis: ChannelAnalysis,
                orders: dict, values: dict, budget_ms: float, *, tries: int = 4) -> Selection:
     """:func:`solve_budget`, refusing a solution whose removed branches together cut an output off from
-    the inputs (passes.liveness): a removed group that brings the outputs back is kept (at least its
-    smallest width) and the knapsack solves again."""
+    the inputs (passes.liveness): the removed groups that bring the outputs back are kept (at least at
+    their smallest widths) and the knapsack solves again."""
     from ..passes.liveness import live_outputs, restorer
 
     sel = solve_budget(cfg, plan, orders, values, budget_ms)
@@ -175,13 +175,24 @@ def solve_live(cfg: PipelineConfig, plan: BudgetPlan, loaded: LoadedModel, analy
 
         if alive_without(frozenset()):
             break
-        g = restorer(removed, alive_without)
-        if g is None:
+        # the cheapest branches first: the restorer brings back the earliest it can
+        back = restorer(sorted(removed, key=lambda g: (analysis.groups[g].macs, g)), alive_without)
+        if not back:
             break  # the guard refuses what is left
-        pinned.append(g)
+        pinned.extend(back)
         plan = replace(plan, cost=pin_removal(plan.cost, pinned))
         trimmed = {k: (v[1:] if k in pinned else v) for k, v in values.items()}  # the width-0 choice is gone
         sel = solve_budget(cfg, plan, orders, trimmed, budget_ms)
+    if pinned:
+        widths = dict(sel.widths or {})
+        pred = total_latency(plan.cost, widths, plan.block_ms, plan.overhead_ms)
+        if pred > budget_ms * (1 + 1e-6):
+            smallest = {g: ch.widths[0] for g, ch in plan.cost.choices.items()}
+            floor = total_latency(plan.cost, smallest, plan.block_ms, plan.overhead_ms)
+            raise HalpError(f"{loaded.source}: latency budget {budget_ms:.4g} ms cannot be met with the outputs "
+                            f"still depending on the inputs: keeping the branches they need ({len(pinned)} "
+                            f"group(s)), the smallest achievable is {floor:.4g} ms "
+                            f"({floor / plan.dense_ms:.3f} x dense)", stage="compile")
     # the values stay those of the unpinned plan, which the closed loop solves with again
     return replace(sel, values=values, stats={**sel.stats, "kept_for_liveness": pinned}) if pinned else sel
 
