@@ -295,3 +295,42 @@ def test_grouped_convs_are_priced_in_context_and_alone(profile_dir):
     sample(t, lambda ci, co: seen.append((ci, co)) or 0.01 * co)
     assert seen and all(ci % 4 == 0 and ci == co for ci, co in seen) and t.step == 4
     assert t.lookup(12, 12) == pytest.approx(0.12)
+
+
+# ---------------------------------------------------------------------------------------- removals in context
+def test_in_context_runs_skip_dead_settings_and_layers_that_vanish():
+    """SqueezeNet's Fire modules: removing both expands of one cuts the output off and onnxruntime folds
+    the rest of the model away, so every later layer would read as free (the tables then fell to zero
+    and predicted a fifth of the real time): that setting is left out. Removing one expand drops it
+    (and nothing else) from the observations."""
+    from halp_onnx.builder import GraphBuilder
+    from halp_onnx.profiles.backends import get_backend
+    from halp_onnx.profiles.targets import get_target
+
+    b = GraphBuilder(opset=17)
+    t = b.op("Relu", [b.conv(b.input("images", [1, 3, 16, 16]), 3, 16, k=3)])
+    for _ in range(2):
+        s = b.op("Relu", [b.conv(t, 16, 8, k=1)])
+        t = b.op("Concat", [b.op("Relu", [b.conv(s, 8, 8, k=1)]), b.op("Relu", [b.conv(s, 8, 8, k=3)])], axis=1)
+    b.conv(t, 16, 4, k=1)
+    b.nodes[-1].output[0] = "y"
+    b.output("y")
+    loaded, an = inspect(b.model())
+    convs = [n.name for n in loaded.model.graph.node if n.op_type == "Conv"]
+    blocks = model_blocks(loaded, an)
+
+    def group(conv):
+        node = next(n for n in loaded.model.graph.node if n.name == conv)
+        return int(an.channels_of(node.output[0])[0, 0])
+
+    e1, e3 = group(convs[2]), group(convs[3])
+    assert an.groups[e1].removable and an.groups[e3].removable
+    dense = {g.id: g.size for g in an.prunable}
+    settings = [dense, {**dense, e1: 0, e3: 0}, {**dense, e1: 0}]
+    be = get_backend(get_target("ort-cpu"), threads=1)
+    obs, records = ic.observe(loaded, an, blocks, be, settings, runs=2)
+    assert "error" in records[1] and "cut the outputs off" in records[1]["error"]
+    assert not any(o.setting == 1 for o in obs)
+    one = [o for o in obs if o.setting == 2]
+    assert convs[2] not in {o.node for o in one} and convs[3] in {o.node for o in one}
+    assert all(o.ms > 0 for o in one if o.node in convs)

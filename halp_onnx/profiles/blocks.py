@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -210,6 +211,33 @@ def _epilogue(node: onnx.NodeProto, readers, outputs) -> tuple[tuple[str, ...], 
 def block_widths(analysis: ChannelAnalysis, kept: np.ndarray, block: Block) -> tuple[int, int]:
     """(c_in, c_out) of a block when ``kept`` (bool per channel) channels stay."""
     return _width(analysis, kept, block.in_tensor, block.c_in), _width(analysis, kept, block.out_tensor, block.c_out)
+
+
+def vanished_nodes(analysis: ChannelAnalysis, kept: np.ndarray) -> set[str]:
+    """The nodes that go with the groups ``kept`` removes entirely (a dropped Concat input's producers)."""
+    gone: set[str] = set()
+    for g in analysis.groups:
+        if g.removable and g.vanishes and not kept[analysis.channel_group == g.id].any():
+            gone.update(g.vanishes)
+    return gone
+
+
+def constant_nodes(analysis: ChannelAnalysis, kept: np.ndarray, blocks: Sequence[Block] = ()) -> set[str]:
+    """:func:`vanished_nodes`, the producers of the groups that go with a removal (they compute
+    constants, which a runtime folds away), and the ``blocks`` that read only such groups."""
+    gone = vanished_nodes(analysis, kept)
+    dead: set[int] = set()
+    for g in analysis.groups:
+        if g.removable and g.shadow and not kept[analysis.channel_group == g.id].any():
+            dead.update(g.shadow)
+    for w in dead:
+        gone.update(analysis.groups[w].producers)
+    for b in blocks:
+        lab = analysis.labels.get(b.in_tensor)
+        ids = lab.flat[lab.flat >= 0] if lab is not None else np.zeros(0, dtype=np.int64)
+        if dead and ids.size and set(np.unique(analysis.channel_group[ids]).tolist()) <= dead:
+            gone.add(b.node)
+    return gone
 
 
 def _width(analysis: ChannelAnalysis, kept: np.ndarray, tensor: str, dense: int) -> int:

@@ -40,7 +40,7 @@ import onnx
 from ..errors import HalpError
 from ..passes.channel_groups import ChannelAnalysis
 from ..passes.load import LoadedModel
-from .blocks import Block, block_widths, orphan_signatures
+from .blocks import Block, block_widths, constant_nodes, orphan_signatures
 
 STAGE = "profiles"
 NCHWC_DOMAIN = "com.microsoft.nchwc"
@@ -365,12 +365,20 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
             ) -> tuple[list[Observation], list[dict]]:
     """Time the model at each width setting in context: the observations of every block, and one
     record per setting (widths, profiled wall ms, kernel ms, unattributed ms)."""
+    from ..passes.liveness import live_outputs
+
     bmap = BlockMap(loaded.model, blocks)
     obs: list[Observation] = []
     records: list[dict] = []
+    dense_live: frozenset[str] | None = None
     for i, widths in enumerate(settings):
         try:
             model, kept = variant(loaded, analysis, widths)
+            if any(w == 0 for w in widths.values()):  # removals can cut the outputs off together: the
+                # runtime then folds the rest of the model away, and its layers would read as free
+                dense_live = live_outputs(loaded.model) if dense_live is None else dense_live
+                if not dense_live <= live_outputs(model, like=loaded.model):
+                    raise HalpError("its removed branches cut the outputs off from the inputs")
             times, opt, wall = profile_run(backend, model, runs=runs)
         except Exception as exc:  # noqa: BLE001 - a width the runtime refuses: that setting is left out
             if not keep_of(analysis, widths):
@@ -379,9 +387,10 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
                             "error": " ".join(str(exc).split())[:200]})
             continue
         per_block, layout, lost = attribute(times, opt, bmap, per_node_ms=per_node_ms)
+        gone = constant_nodes(analysis, kept, blocks)  # not in the variant, or folded: no observation
         for b in blocks:
             ci, co = block_widths(analysis, kept, b)
-            if co <= 0:
+            if co <= 0 or b.node in gone:
                 continue
             if ci <= 0:  # the input branch was removed: what is left (the epilogue ops, if any) is its orphans'
                 parts = orphan_signatures(b.signature)

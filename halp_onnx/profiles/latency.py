@@ -26,7 +26,7 @@ from ..errors import HalpError
 from ..passes.channel_groups import ChannelAnalysis
 from ..passes.load import LoadedModel
 from . import analytic
-from .blocks import Block, block_widths, model_blocks, orphan_signatures
+from .blocks import Block, block_widths, model_blocks, orphan_signatures, vanished_nodes
 from .signature import MEMORY_BOUND_OPS, BlockSignature
 from .store import (Profile, find_other_device, find_profile, lock, merge_tables, profile_name, read_profile,
                     write_profile)
@@ -234,11 +234,7 @@ def predict(blocks: Sequence[Block], lm: LatencyModel, analysis: ChannelAnalysis
             kept: np.ndarray | None = None) -> Prediction:
     """Latency of the model whose blocks are ``blocks`` with ``kept`` channels (dense when None)."""
     rows = []
-    gone: set[str] = set()  # nodes that vanish with a removed group (a dropped Concat input's producers)
-    if kept is not None and analysis is not None:
-        for g in analysis.groups:
-            if g.removable and g.vanishes and not kept[analysis.channel_group == g.id].any():
-                gone.update(g.vanishes)
+    gone = vanished_nodes(analysis, kept) if kept is not None and analysis is not None else set()
     for b in blocks:
         if kept is None:
             ci, co = b.c_in, b.c_out
