@@ -517,3 +517,54 @@ def test_compile_yolo_like_is_verified_and_not_refused():
     result = halp_compile(_yolo_like(), target="trt-v100", latency=0.95, measure=False)
     assert result.verification is not None and result.verification.passed
     assert result.verification.candidate_input_sensitive
+
+
+@pytest.mark.parametrize("share", [0.95, 0.85, 0.75])
+def test_the_solution_leaves_no_budget_a_single_widening_could_use(share):
+    """The knapsack prices neighbours at the last widths and removals move the total in jumps, so the
+    rounds can stop short of the budget; what is left is spent one widening at a time. Afterwards the
+    prediction is within the tolerance of the budget, or no group's next width fits."""
+    from halp_onnx.passes.latency_cost import build_cost_model, total_latency
+    from halp_onnx.passes.solve import _fill, solve_rounds
+    from halp_onnx.profiles.blocks import model_blocks
+    from halp_onnx.profiles.latency import LatencyModel
+    from halp_onnx.profiles.targets import get_target
+
+    loaded, analysis = inspect(_csp_neck())
+    tgt = get_target("trt-v100")
+    lm = LatencyModel(tgt, None)
+    blocks = model_blocks(loaded, analysis, precision=tgt.precision, fusion=tgt.fusion)
+    cm = build_cost_model(analysis, blocks, lm.step, block_ms=lm.block_ms, min_keep=0)
+    rng = np.random.default_rng(1)
+    values = {g: np.cumsum(np.r_[0, rng.random(len(ch.widths) - 1)]) for g, ch in cm.choices.items()}
+    dense = total_latency(cm, {g: ch.size for g, ch in cm.choices.items()}, lm.block_ms)
+    budget = share * dense
+    index = {g: {w: j for j, w in enumerate(ch.widths)} for g, ch in cm.choices.items()}
+
+    def score(w):
+        gone = {x for g, xs in cm.shadow.items() if w.get(g) == 0 for x in xs}
+        return total_latency(cm, w, lm.block_ms), float(sum(values[g][index[g][v]] for g, v in w.items()
+                                                          if g not in gone))
+
+    def no_widening_fits(widths):
+        gone = {x for g, xs in cm.shadow.items() if widths.get(g) == 0 for x in xs}
+        for g, ch in cm.choices.items():
+            j = ch.widths.index(widths[g])
+            if g not in gone and j + 1 < len(ch.widths):
+                if total_latency(cm, {**widths, g: ch.widths[j + 1]}, lm.block_ms) <= budget * (1 + 1e-9):
+                    return False
+        return True
+
+    widths, _, stats = solve_rounds(cm, values, lm.block_ms, 0.0, budget, compare=False)
+    pred = total_latency(cm, widths, lm.block_ms)
+    assert pred <= budget * (1 + 1e-9)
+    assert pred >= budget * 0.995 or no_widening_fits(widths), stats
+    # from a solution narrowed by two steps per kept group (well under the budget), the fill climbs back
+    narrowed = {g: (ch.widths[max(index[g][w] - 2, 1)] if w > 0 else 0) for g, w in widths.items()
+                for ch in [cm.choices[g]]}
+    start_ms, start_value = score(narrowed)
+    filled, ms, value, steps = _fill(cm, narrowed, score, index, budget)
+    assert steps > 0 and start_ms <= ms <= budget * (1 + 1e-9) and value > start_value
+    assert no_widening_fits(filled) or all(score({**filled, g: ch.widths[ch.widths.index(filled[g]) + 1]})[1]
+                                           <= value for g, ch in cm.choices.items()
+                                           if ch.widths.index(filled[g]) + 1 < len(ch.widths))

@@ -59,7 +59,7 @@ def first_layer_groups(analysis: ChannelAnalysis, blocks) -> dict[int, str]:
 
 def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callable, overhead_ms: float,
                  budget_ms: float, *, solver: str = "exact", max_evals: int = 24, tol: float = 0.005,
-                 start: dict[int, int] | None = None, compare: bool = True
+                 start: dict[int, int] | None = None, compare: bool = True, fill: bool = True
                  ) -> tuple[dict[int, int], list[Round], dict[str, Any]]:
     """Solve for the budget with every block's other side priced at the last solution's widths.
 
@@ -67,7 +67,10 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
     time) is re-solved with the neighbours' widths updated; the budget handed to the knapsack is then
     searched (bracketing + bisection) so that the whole-model prediction at the solution's widths lands
     just under the real budget. The most valuable solution whose prediction fits is kept. ``start``:
-    the widths the first solve prices neighbours at (default dense)."""
+    the widths the first solve prices neighbours at (default dense). ``fill``: where that solution
+    leaves more than ``tol`` of the budget unspent (the knapsack prices neighbours at the last widths,
+    and removals move the total in jumps), groups are widened one step at a time, the most value per
+    millisecond first, while the whole-model prediction fits (:func:`_fill`)."""
     state = _SolveState(dict(start) if start is not None else {g: ch.widths[-1] for g, ch in cm.choices.items()})
     rounds: list[Round] = []
     best: list = []  # [value, pred, widths]
@@ -132,12 +135,44 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
     if not best:  # fall back to each group's smallest width, feasible by construction
         w = {g: ch.widths[0] for g, ch in cm.choices.items()}
         best[:] = [float(sum(values[g][0] for g in cm.choices)), total_latency(cm, w, block_ms, overhead_ms), w]
+    filled = 0
+    if fill and best[1] < budget_ms * (1 - tol):
+        best[2], best[1], best[0], filled = _fill(cm, best[2], score, index, budget_ms)
     items, avail = state.items, state.avail  # items empty until the first knapsack solve
     stats: dict[str, Any] = {"solver": solver, "rounds": len(rounds), "solve_seconds": round(state.solve_s, 4),
-                             "items": len(items), "choices": int(sum(len(it.widths) for it in items))}
+                             "items": len(items), "choices": int(sum(len(it.widths) for it in items)),
+                             "filled_steps": filled}
     if items and compare:  # both solvers on the last instance: the exact one must not lose
         ex = solve(items, avail, solver="exact")
         au = solve(items, avail, solver="augmented")
         stats.update({"exact_value": ex.value, "augmented_value": au.value, "exact_seconds": ex.seconds,
                       "augmented_seconds": au.seconds})
     return best[2], rounds, stats
+
+
+def _fill(cm: CostModel, widths: dict[int, int], score: Callable, index: dict[int, dict[int, int]],
+          budget_ms: float, *, max_steps: int = 256) -> tuple[dict[int, int], float, float, int]:
+    """Spend what a solution leaves of the budget: widen the group whose next allowed width adds the
+    most value per millisecond of whole-model prediction (``score(widths) -> (ms, value)``), as long as
+    the prediction fits. Returns (widths, ms, value, steps taken)."""
+    cur = dict(widths)
+    pred, val = score(cur)
+    steps = 0
+    while steps < max_steps:
+        pick = None
+        for g, ch in cm.choices.items():
+            j = index[g][cur[g]]
+            if j + 1 >= len(ch.widths):
+                continue
+            trial = {**cur, g: ch.widths[j + 1]}
+            p, v = score(trial)
+            if p > budget_ms * (1 + 1e-9) or v <= val + 1e-12:
+                continue
+            gain = (v - val) / max(p - pred, 1e-12)
+            if pick is None or gain > pick[0]:
+                pick = (gain, trial, p, v)
+        if pick is None:
+            break
+        _, cur, pred, val = pick
+        steps += 1
+    return cur, pred, val, steps
