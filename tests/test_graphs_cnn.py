@@ -542,12 +542,12 @@ def test_the_solution_leaves_no_budget_a_single_widening_could_use(share):
     index = {g: {w: j for j, w in enumerate(ch.widths)} for g, ch in cm.choices.items()}
 
     def score(w):
-        gone = {x for g, xs in cm.shadow.items() if w.get(g) == 0 for x in xs}
+        gone = cm.gone_with_removals(w)
         return total_latency(cm, w, lm.block_ms), float(sum(values[g][index[g][v]] for g, v in w.items()
                                                           if g not in gone))
 
     def no_widening_fits(widths):
-        gone = {x for g, xs in cm.shadow.items() if widths.get(g) == 0 for x in xs}
+        gone = cm.gone_with_removals(widths)
         for g, ch in cm.choices.items():
             j = ch.widths.index(widths[g])
             if g not in gone and j + 1 < len(ch.widths):

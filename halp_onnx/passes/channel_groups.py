@@ -374,11 +374,12 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
             params=int(params[g]), macs=int(group_macs[g]), removable=False,
             remove_reason=""))
     readers = reader_names(ctx.model.graph)
+    outputs_of = {n.name: [o for o in n.output if o] for n in ctx.model.graph.node}
     for g, group in enumerate(groups):
         reason, gone, live = _removal_blocker(ctx, group, labels, channel_group, readers) if group.prunable \
             else ("it is frozen", (), {})
         groups[g] = replace(group, removable=not reason, remove_reason=reason, vanishes=gone,
-                            shadow=_shadow(ctx, groups, g, live) if not reason else ())
+                            shadow=_shadow(groups, g, live, outputs_of) if not reason else ())
     consumers_out = tuple(Consumer(n, i, t) for n, i, t in ctx.consumer_specs)
     prunable_inits = {name for g in groups if g.prunable for name in g.initializers}
     prunable_params = int(sum(param_count(ctx.consts[n]) for n in prunable_inits if n in ctx.consts))
@@ -442,12 +443,13 @@ def _removal_blocker(ctx: AnalysisContext, group: ChannelGroup, labels: dict[str
     return "", tuple(sorted(vanished, key=lambda n: order.get(n, -1))), live
 
 
-def _shadow(ctx: AnalysisContext, groups: Sequence[ChannelGroup], g: int, live: Mapping) -> tuple[int, ...]:
+def _shadow(groups: Sequence[ChannelGroup], g: int, live: Mapping,
+            outputs_of: Mapping[str, Sequence[str]]) -> tuple[int, ...]:
     """The other prunable groups whose every producer is gone or computes a constant once group ``g`` is
-    removed: their channels go with it (their value must not count when ``g`` is removed)."""
-    outs = {n.name: [o for o in n.output if o] for n in ctx.model.graph.node}
+    removed (``live``: :func:`_liveness` then): their channels go with it (their value must not count
+    when ``g`` is removed)."""
     return tuple(w.id for w in groups if w.id != g and w.prunable and w.producers and
-                 all(not any(o in live for o in outs.get(p, ())) for p in w.producers))
+                 all(not any(o in live for o in outputs_of.get(p, ())) for p in w.producers))
 
 
 def _concat_on_channels(ctx: AnalysisContext, node: onnx.NodeProto, labels: dict[str, Labels]) -> bool:

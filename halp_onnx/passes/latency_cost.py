@@ -75,11 +75,18 @@ class CostModel:
     frozen: dict[int, str] = field(default_factory=dict)  # prunable groups held dense, with the reason
     shadow: dict[int, tuple[int, ...]] = field(default_factory=dict)  # removable group -> groups gone with it
 
+    def alive_widths(self, bc: BlockCost, widths: dict[int, int]) -> tuple[int, int]:
+        """(c_in, c_out) at ``widths`` as if the block were alive (its removal ignored)."""
+        return bc.c_in.width(widths, self.sizes), bc.c_out.width(widths, self.sizes)
+
     def block_widths(self, bc: BlockCost, widths: dict[int, int]) -> tuple[int, int]:
         """(c_in, c_out) at ``widths``; c_out is 0 where a group the block dies with is removed."""
-        if any(widths.get(g, 1) == 0 for g in bc.dies_with):
-            return bc.c_in.width(widths, self.sizes), 0
-        return bc.c_in.width(widths, self.sizes), bc.c_out.width(widths, self.sizes)
+        ci, co = self.alive_widths(bc, widths)
+        return (ci, 0) if any(widths.get(g, 1) == 0 for g in bc.dies_with) else (ci, co)
+
+    def gone_with_removals(self, widths: dict[int, int]) -> set[int]:
+        """The groups that go with the groups ``widths`` removes (their shadows)."""
+        return {w for g, ws in self.shadow.items() if widths.get(g) == 0 for w in ws}
 
 
 def _side(analysis: ChannelAnalysis, tensor: str, dense: int, prunable: set[int]) -> Side:
@@ -224,10 +231,6 @@ def shadowed_values(cm: CostModel, values: dict[int, np.ndarray], widths: dict[i
     return out
 
 
-def _alive_widths(cm: CostModel, bc: BlockCost, widths: dict[int, int]) -> tuple[int, int]:
-    return bc.c_in.width(widths, cm.sizes), bc.c_out.width(widths, cm.sizes)
-
-
 def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[int, np.ndarray], float]:
     """Per group: latency (ms) of its attributed blocks at each allowed width, others at ``widths``;
     and the latency of the blocks no group owns. ``block_ms(signature, c_in, c_out) -> ms``.
@@ -241,7 +244,7 @@ def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[i
     constant = 0.0
 
     def ms(bc: BlockCost, w: dict[int, int]) -> float:
-        ci, co = _alive_widths(cm, bc, w)
+        ci, co = cm.alive_widths(bc, w)
         return block_ms(bc.block.signature, ci, co) if co > 0 else 0.0
 
     for bc in cm.blocks:

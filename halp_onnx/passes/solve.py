@@ -78,7 +78,7 @@ def solve_rounds(cm: CostModel, values: dict[int, np.ndarray], block_ms: Callabl
 
     def score(widths: dict[int, int]) -> tuple[float, float]:
         """(prediction, value) of a solution; the value of groups gone with a removal does not count."""
-        gone = {w for g, ws in cm.shadow.items() if widths.get(g) == 0 for w in ws}
+        gone = cm.gone_with_removals(widths)
         pred = total_latency(cm, widths, block_ms, overhead_ms)
         return pred, float(sum(values[g][index[g][w]] for g, w in widths.items() if g not in gone))
 

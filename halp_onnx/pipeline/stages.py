@@ -330,9 +330,9 @@ def _guard(cfg: PipelineConfig, r: Results) -> Guards:
         if after == 0 and before > 0:
             removed.append(g)
             grp = analysis.group(g)
-            layers = sum(1 for n in grp.vanishes if n in analysis.node_macs and analysis.node_macs[n] > 0)
-            gone = f" ({layers} layer(s) go with it{', and groups ' + ', '.join(map(str, grp.shadow)) if grp.shadow else ''})" \
-                if layers > len(grp.producers) or grp.shadow else ""
+            layers = sum(1 for n in grp.vanishes if analysis.node_macs.get(n, 0) > 0)
+            groups = f", and groups {', '.join(map(str, grp.shadow))}" if grp.shadow else ""
+            gone = f" ({layers} layer(s) go with it{groups})" if layers > len(grp.producers) or grp.shadow else ""
             warnings.append(f"group {g} ({', '.join(grp.producers[:2]) or '-'}) removed entirely: its branch is "
                             f"gone from the model{gone}")
     p0, p1 = result.params
