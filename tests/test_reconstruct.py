@@ -92,3 +92,47 @@ def test_compile_and_prune_reconstruct_before_the_statistics_repair(tmp_path):
     calib = {"input": np.random.default_rng(6).standard_normal((32, 3, 64, 64)).astype(np.float32)}
     res = halp_onnx.compile(big, target="trt-v100", latency=0.85, calib=calib, calib_samples=32)
     assert res.repair is not None and res.repair["reconstructed"] is not None
+
+
+def _residual_net(seed: int = 0, width: int = 8, blocks: int = 3) -> onnx.ModelProto:
+    b = GraphBuilder("res", seed)
+    x = b.input("input", [1, 3, 8, 8])
+    y = b.op("Relu", [b.conv(x, 3, width)])
+    for _ in range(blocks):
+        h = b.op("Relu", [b.conv(y, width, width)])
+        y = b.op("Relu", [b.op("Add", [b.conv(h, width, width), y])])
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [y])], axis=1)
+    b.nodes.append(onnx.helper.make_node("Gemm", [y, b.weight((4, width)), b.const(np.zeros(4, np.float32))],
+                                         ["logits"], name="head", transB=1))
+    b.output("logits")
+    return b.model()
+
+
+def test_a_layer_that_writes_a_residual_junction_is_fitted_to_the_dense_junction():
+    """With a block removed, the trunk misses that block's contribution: the next block's output conv is
+    fitted to the dense sum minus the pruned skip (``residual=True``), so the junction, which every later
+    layer reads, ends closer to the dense model's than when the conv is fitted to its own dense output."""
+    from halp_onnx.passes.reconstruct import _layers
+    from halp_onnx.passes.repair import _Runner
+
+    loaded = load(_residual_net(seed=4))
+    analysis = analyze(loaded)
+    order = [n.name for n in loaded.model.graph.node]
+    inner = [g for g in analysis.prunable if len(g.producers) == 1]  # the trunk has one producer per block
+    first_block = min(inner, key=lambda g: order.index(g.producers[0]))
+    result = rewrite(loaded, analysis, {first_block.id: np.zeros(0, dtype=np.int64)})
+    layers = {ly.node: ly for ly in _layers(loaded, analysis, result.model, result.kept)}
+    adds = [n for n in loaded.model.graph.node if n.op_type == "Add"]
+    fitted_at_junction = {ly.junction for ly in layers.values() if ly.junction}
+    assert fitted_at_junction and fitted_at_junction <= {a.output[0] for a in adds}
+    calib = [{"input": x} for x in _data(256, 1)]
+    errs = {}
+    for residual in (False, True):
+        rc = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=8,
+                         residual=residual)
+        onnx.checker.check_model(rc.model, full_check=True)
+        last = adds[-1].output[0]
+        dense, pruned = _Runner(loaded.model, [last], 1), _Runner(rc.model, [last], 1)
+        errs[residual] = sum(float(np.square(pruned.run({"input": x})[last] - dense.run({"input": x})[last]).sum())
+                             for x in _data(64, 2))
+    assert errs[True] < errs[False], errs
