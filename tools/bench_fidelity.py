@@ -264,7 +264,9 @@ METHOD = """## How the tables are made
 * **In context** (`halp_onnx/profiles/incontext.py`): the user's model runs at about 24 width settings
   (dense; then every prunable group at once at a random multiple of the runtime's channel block, at a
   random misaligned width, and a random mix; kept channels drawn at random) with onnxruntime's
-  profiler on (`SessionOptions.enable_profiling`). Each `Node` event's `*_kernel_time` is mapped back
+  profiler on (`SessionOptions.enable_profiling`), every setting in two passes (the second in reverse
+  order, per block the smaller of the two medians kept, so a busy spell of the shared machine that falls
+  on one turn does not reach the tables). Each `Node` event's `*_kernel_time` is mapped back
   to a block: by node name (a `FusedConv` keeps its anchor's name, an unfused `Add`/`Relu` its own), by
   output tensor (the NCHWc transformer names a convolution `<output of its fused activation>_nchwc`),
   and through the optimised graph (`optimized_model_filepath`) for the layout reorders: a

@@ -452,7 +452,8 @@ def _measure_in_context(prof: Profile, path, loaded: LoadedModel, analysis: Chan
         if bar:
             bar.advance(task)
 
-    more, _ = ic.observe(loaded, analysis, blocks, backend, settings, runs=runs, on_setting=tick, **kw)
+    more, _ = ic.observe(loaded, analysis, blocks, backend, settings, runs=runs, on_setting=tick,
+                         passes=ic.passes(), **kw)
     pts = ic.points_by_key(more)
     new = 0
     left: dict[str, Domain] = {}
