@@ -393,8 +393,10 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
                         raise HalpError("its removed branches cut the outputs off from the inputs")
                 times, opt, wall = profile_run(backend, model, runs=runs)
             except Exception as exc:  # noqa: BLE001 - a width the runtime refuses: that setting is left out
-                if not keep_of(analysis, widths) or k:
-                    raise  # the dense model itself (or a setting that ran before): a real error
+                if k:
+                    continue  # it ran in the first pass: that pass's turn stands
+                if not keep_of(analysis, widths):
+                    raise  # the dense model itself: a real error
                 records[i] = {"setting": i, "widths": {str(a): int(b) for a, b in widths.items()},
                               "error": " ".join(str(exc).split())[:200]}
                 continue
