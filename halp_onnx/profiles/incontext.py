@@ -407,8 +407,8 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
                 best[i] = {"per_block": dict(per_block), "layout": layout, "kept": kept, "wall": wall,
                            "kernel": kernel, "lost": lost}
             else:
-                for b, ms in per_block.items():
-                    got["per_block"][b] = min(ms, got["per_block"].get(b, ms))
+                for node, ms in per_block.items():
+                    got["per_block"][node] = min(ms, got["per_block"].get(node, ms))
                 got["wall"], got["kernel"] = min(got["wall"], wall), min(got["kernel"], kernel)
             if on_setting is not None and k == 0:
                 on_setting()
