@@ -136,3 +136,40 @@ def test_a_layer_that_writes_a_residual_junction_is_fitted_to_the_dense_junction
         errs[residual] = sum(float(np.square(pruned.run({"input": x})[last] - dense.run({"input": x})[last]).sum())
                              for x in _data(64, 2))
     assert errs[True] < errs[False], errs
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_the_statistics_repair_is_kept_only_when_it_helps_on_held_out_batches(monkeypatch, helps):
+    """``reconstruct_and_repair`` holds every 5th calibration batch out of both fits and keeps the
+    statistics repair only when it brings the output closer to the dense model's there."""
+    import dataclasses
+
+    from halp_onnx.passes import reconstruct as rc_mod
+
+    loaded = load(_residual_net(seed=5))
+    analysis = analyze(loaded)
+    result = rewrite(loaded, analysis, keep_by_ratio(analysis, l2_scores(loaded, analysis), 0.4))
+    real = rc_mod.repair
+    seen: dict = {}
+
+    def fake(loaded_, analysis_, res, batches, **kw):
+        seen["fit"] = len(batches)
+        out = real(loaded_, analysis_, res, batches, **kw)
+        if helps:  # the dense model's own output: nothing can be closer
+            return dataclasses.replace(out, model=loaded_.model)
+        bad = onnx.ModelProto()
+        bad.CopyFrom(out.model)
+        head = next(t for t in bad.graph.initializer if t.name == bad.graph.node[-1].input[1])
+        head.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(head), head.name))
+        return dataclasses.replace(out, model=bad)
+
+    monkeypatch.setattr(rc_mod, "repair", fake)
+    calib = [{"input": x} for x in _data(40, 1)]
+    out = rc_mod.reconstruct_and_repair(loaded, analysis, result, calib, threads=1)
+    assert seen["fit"] == 32  # 8 of the 40 batches held out
+    if helps:
+        assert out.model is loaded.model and "held-out output error" in out.note
+    else:
+        assert "statistics repair was left out" in out.note and out.per_layer_shift == {}
+        assert rc_mod.output_error(loaded.model, out.model, [{"input": x} for x in _data(8, 3)]) < \
+            rc_mod.output_error(loaded.model, result.model, [{"input": x} for x in _data(8, 3)])

@@ -275,14 +275,64 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
     return ReconstructResult(out, per_layer, skipped, time.perf_counter() - t0, samples, rows_total, note, top1_before)
 
 
+HOLDOUT_EVERY = 5  # every 5th calibration batch decides whether the statistics repair is kept
+MIN_BATCHES = 5
+
+
+def output_error(dense: onnx.ModelProto, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+                 threads: int = 0) -> float:
+    """How far ``model``'s first output is from ``dense``'s on ``feeds``: for N x classes logits the mean
+    KL divergence of the softmaxes (dense || model), else the squared error over the dense output's
+    variance."""
+    name = dense.graph.output[0].name
+    _, want = _sweep(dense, [], feeds, threads, logits=name)
+    _, got = _sweep(model, [], feeds, threads, logits=name)
+    a = np.concatenate([np.asarray(x, dtype=np.float64).reshape(len(x), -1) for x in want])
+    b = np.concatenate([np.asarray(x, dtype=np.float64).reshape(len(x), -1) for x in got])
+    if a.shape != b.shape:
+        raise HalpError(f"output {name}: shape {b.shape} differs from the dense model's {a.shape}", stage=STAGE)
+    if a.shape[1] >= 2 and all(np.ndim(x) == 2 for x in want):
+        la = a - a.max(1, keepdims=True)
+        la = la - np.log(np.exp(la).sum(1, keepdims=True))
+        lb = b - b.max(1, keepdims=True)
+        lb = lb - np.log(np.exp(lb).sum(1, keepdims=True))
+        return float(np.mean(np.sum(np.exp(la) * (la - lb), axis=1)))
+    return float(np.mean((a - b) ** 2) / (np.var(a) + 1e-12))
+
+
 def reconstruct_and_repair(loaded: LoadedModel, analysis: ChannelAnalysis, result: RewriteResult, batches: Any, *,
                            threads: int = 0, reconstruct_first: bool = True) -> RepairResult:
     """What the pipeline's repair stage does: :func:`reconstruct` (unless ``reconstruct_first`` is
-    False), then :func:`.repair.repair` of what remains; top-1 before is of the model as pruned."""
+    False), then :func:`.repair.repair` of what remains; top-1 before is of the model as pruned.
+
+    With :data:`MIN_BATCHES` calibration batches or more, every :data:`HOLDOUT_EVERY`-th is held out of
+    both fits, and the statistics repair is kept only when it brings the model's output closer to the
+    dense one on them (:func:`output_error`); otherwise the refitted model is the result, and the note
+    says so. On the held-out BN-folded CIFAR ResNet-56 compiled to 0.5 the statistics matched after
+    the refit cost 2.2 points (85.15% -> 82.99% top-1 on the exact test images)."""
     batches = list(batches)
     if not reconstruct_first:
         return repair(loaded, analysis, result, batches, threads=threads)
-    rc = reconstruct(loaded, analysis, result.model, result.kept, batches, threads=threads)
-    rp = repair(loaded, analysis, replace(result, model=rc.model), batches, threads=threads)
+    if len(batches) >= MIN_BATCHES:
+        check = batches[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
+        fit = [b for i, b in enumerate(batches) if (i + 1) % HOLDOUT_EVERY]
+    else:
+        check, fit = [], batches
+    rc = reconstruct(loaded, analysis, result.model, result.kept, fit, threads=threads)
+    rp = repair(loaded, analysis, replace(result, model=rc.model), fit, threads=threads)
+    note = f"{rc.note}; then {rp.note}"
+    if check and rp.per_layer_shift:
+        inits = {t.name for t in loaded.model.graph.initializer}
+        feeds, _ = _batches_of(check, [i.name for i in loaded.model.graph.input if i.name not in inits])
+        e_rc = output_error(loaded.model, rc.model, feeds, threads)
+        e_rp = output_error(loaded.model, rp.model, feeds, threads)
+        if not e_rp < e_rc:
+            feeds_all, labels = _batches_of(fit, [i.name for i in loaded.model.graph.input if i.name not in inits])
+            _, logits = _sweep(rc.model, [], feeds_all, threads, logits=loaded.model.graph.output[0].name)
+            rp = replace(rp, model=rc.model, per_layer_shift={}, kinds={}, top1_after=_top1(logits, labels))
+            note = (f"{rc.note}; the statistics repair was left out: on {len(check)} held-out calibration "
+                    f"batch(es) it moved the output away from the dense model's ({e_rc:.4g} -> {e_rp:.4g})")
+        else:
+            note += f" (held-out output error {e_rc:.4g} -> {e_rp:.4g})"
     return replace(rp, top1_before=rc.top1_before if rc.top1_before is not None else rp.top1_before,
-                   reconstructed=rc.to_dict(), note=f"{rc.note}; then {rp.note}")
+                   reconstructed=rc.to_dict(), note=note)
