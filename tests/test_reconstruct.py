@@ -173,3 +173,24 @@ def test_the_statistics_repair_is_kept_only_when_it_helps_on_held_out_batches(mo
         assert "statistics repair was left out" in out.note and out.per_layer_shift == {}
         assert rc_mod.output_error(loaded.model, out.model, [{"input": x} for x in _data(8, 3)]) < \
             rc_mod.output_error(loaded.model, result.model, [{"input": x} for x in _data(8, 3)])
+
+
+def test_output_error_is_a_kl_for_logits_and_a_relative_squared_error_otherwise():
+    from halp_onnx.passes.reconstruct import output_error
+
+    logits = _residual_net(seed=6)
+    feeds = [{"input": x} for x in _data(4, 7)]
+    assert output_error(logits, logits, feeds) == pytest.approx(0.0, abs=1e-9)
+    b = GraphBuilder("maps", 0)  # a 4-D output (a detection head, a segmentation map)
+    x = b.input("input", [1, 3, 8, 8])
+    b.nodes.append(onnx.helper.make_node("Conv", [x, b.weight((5, 3, 3, 3)), b.const(np.zeros(5, np.float32))],
+                                         ["maps"], name="head", pads=[1, 1, 1, 1]))
+    b.output("maps")
+    maps = b.model()
+    scaled = onnx.ModelProto()
+    scaled.CopyFrom(maps)
+    w = next(t for t in scaled.graph.initializer if t.name == scaled.graph.node[0].input[1])
+    w.CopyFrom(onnx.numpy_helper.from_array(2 * onnx.numpy_helper.to_array(w), w.name))
+    err = output_error(maps, scaled, feeds)  # (2y - y)^2 / var(y) = mean(y^2) / var(y) >= 1
+    ys = np.concatenate([session(maps).run(None, f)[0] for f in feeds])
+    assert err == pytest.approx(float(np.mean(ys ** 2) / np.var(ys)), rel=1e-4)
