@@ -213,23 +213,25 @@ def block_widths(analysis: ChannelAnalysis, kept: np.ndarray, block: Block) -> t
     return _width(analysis, kept, block.in_tensor, block.c_in), _width(analysis, kept, block.out_tensor, block.c_out)
 
 
+def _removed(analysis: ChannelAnalysis, kept: np.ndarray) -> list:
+    """The removable groups ``kept`` keeps no channel of."""
+    n = len(analysis.groups)
+    alive = np.bincount(analysis.channel_group, weights=np.asarray(kept, dtype=np.float64), minlength=n) \
+        if len(analysis.channel_group) else np.zeros(n)
+    return [g for g in analysis.groups if g.removable and alive[g.id] == 0]
+
+
 def vanished_nodes(analysis: ChannelAnalysis, kept: np.ndarray) -> set[str]:
     """The nodes that go with the groups ``kept`` removes entirely (a dropped Concat input's producers)."""
-    gone: set[str] = set()
-    for g in analysis.groups:
-        if g.removable and g.vanishes and not kept[analysis.channel_group == g.id].any():
-            gone.update(g.vanishes)
-    return gone
+    return {n for g in _removed(analysis, kept) for n in g.vanishes}
 
 
 def constant_nodes(analysis: ChannelAnalysis, kept: np.ndarray, blocks: Sequence[Block] = ()) -> set[str]:
     """:func:`vanished_nodes`, the producers of the groups that go with a removal (they compute
     constants, which a runtime folds away), and the ``blocks`` that read only such groups."""
-    gone = vanished_nodes(analysis, kept)
-    dead: set[int] = set()
-    for g in analysis.groups:
-        if g.removable and g.shadow and not kept[analysis.channel_group == g.id].any():
-            dead.update(g.shadow)
+    removed = _removed(analysis, kept)
+    gone = {n for g in removed for n in g.vanishes}
+    dead = {w for g in removed for w in g.shadow}
     for w in dead:
         gone.update(analysis.groups[w].producers)
     for b in blocks:

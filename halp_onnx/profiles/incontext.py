@@ -360,6 +360,10 @@ def node_cost(backend, models: Sequence[onnx.ModelProto], *, run_overhead_ms: fl
     return value if abs(value - fallback) <= 0.01 else fallback
 
 
+def _widths_record(widths: Mapping[int, int]) -> dict[str, int]:
+    return {str(g): int(w) for g, w in widths.items()}
+
+
 def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Block], backend,
             settings: Iterable[Mapping[int, int]], *, runs: int = 10, per_node_ms: float = 0.0, on_setting=None,
             passes: int = 1) -> tuple[list[Observation], list[dict]]:
@@ -397,7 +401,7 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
                     continue  # it ran in the first pass: that pass's turn stands
                 if not keep_of(analysis, widths):
                     raise  # the dense model itself: a real error
-                records[i] = {"setting": i, "widths": {str(a): int(b) for a, b in widths.items()},
+                records[i] = {"setting": i, "widths": _widths_record(widths),
                               "error": " ".join(str(exc).split())[:200]}
                 continue
             per_block, layout, lost = attribute(times, opt, bmap, per_node_ms=per_node_ms)
@@ -429,8 +433,8 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
                 continue
             obs.append(Observation(b.signature.key(), b.node, ci, co, per_block.get(b.node, 0.0),
                                    layout.get(b.node, "nchw"), i))
-        records[i] = {"setting": i, "widths": {str(a): int(b) for a, b in settings[i].items()},
-                      "wall_ms": got["wall"], "kernel_ms": got["kernel"], "unattributed_ms": got["lost"]}
+        records[i] = {"setting": i, "widths": _widths_record(settings[i]), "wall_ms": got["wall"],
+                      "kernel_ms": got["kernel"], "unattributed_ms": got["lost"]}
     return obs, [r for r in records if r is not None]
 
 
@@ -443,6 +447,13 @@ def points_by_key(observations: Iterable[Observation]) -> dict[str, dict[tuple[i
     return {k: {p: float(np.median(v)) for p, v in pts.items()} for k, pts in acc.items()}
 
 
+def _quick(point_budget_s: float | None) -> bool:
+    """A tiny per-point timing budget (``$HALP_ONNX_TIMING_BUDGET_S`` below 0.05 s: the tests)."""
+    if point_budget_s is None:
+        point_budget_s = float(os.environ.get("HALP_ONNX_TIMING_BUDGET_S", "0.1"))
+    return point_budget_s < 0.05
+
+
 def plan(dense_ms: float, *, budget_s: float | None = None, point_budget_s: float | None = None
          ) -> tuple[int, int]:
     """(settings, profiled runs per setting) for a model whose dense run takes ``dense_ms``: about
@@ -450,9 +461,7 @@ def plan(dense_ms: float, *, budget_s: float | None = None, point_budget_s: floa
     the per-point timing budget is small (``$HALP_ONNX_TIMING_BUDGET_S``, tests)."""
     if budget_s is None:
         budget_s = float(os.environ.get("HALP_ONNX_INCONTEXT_S", "40"))
-    if point_budget_s is None:
-        point_budget_s = float(os.environ.get("HALP_ONNX_TIMING_BUDGET_S", "0.1"))
-    quick = point_budget_s < 0.05
+    quick = _quick(point_budget_s)
     runs = 3 if quick else int(np.clip(round(400.0 / max(dense_ms, 1e-3)), 6, 30))
     per_setting_s = 0.3 + 15 * dense_ms / 1e3 + (runs + 2) * dense_ms / 1e3  # session (graph optimiser) + runs
     n = 6 if quick else int(np.clip(budget_s / per_setting_s, 9, 24))
@@ -462,9 +471,7 @@ def plan(dense_ms: float, *, budget_s: float | None = None, point_budget_s: floa
 def passes(point_budget_s: float | None = None) -> int:
     """Passes over the settings of a cold profile (:func:`observe`): ``$HALP_ONNX_INCONTEXT_PASSES``,
     default 2 (1 where the per-point timing budget is tiny: tests)."""
-    if point_budget_s is None:
-        point_budget_s = float(os.environ.get("HALP_ONNX_TIMING_BUDGET_S", "0.1"))
-    if point_budget_s < 0.05:
+    if _quick(point_budget_s):
         return 1
     try:
         return max(1, int(os.environ.get("HALP_ONNX_INCONTEXT_PASSES", "2")))
