@@ -17,6 +17,15 @@ def reader_names(graph: onnx.GraphProto) -> dict[str, list[str]]:
     return readers
 
 
+def reader_nodes(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """tensor -> the nodes that read it, in graph order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    return readers
+
+
 def dead_with(graph: onnx.GraphProto, removed: Iterable[str], *, keep: Iterable[str] = (),
               readers: Mapping[str, Sequence[str]] | None = None) -> set[str]:
     """``removed`` and every node (not in ``keep``) all of whose outputs are read, and read only, by nodes

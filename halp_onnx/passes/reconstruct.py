@@ -38,9 +38,10 @@ import onnx
 
 from ..errors import HalpError
 from .channel_groups import ChannelAnalysis
+from .dead_code import reader_nodes
 from .load import LoadedModel, _real_inputs
-from .repair import (RepairResult, _affected, _attr, _batches_of, _Editor, _kept_positions, _readers, _Runner, _sweep,
-                     _top1, repair)
+from .repair import (RepairResult, _affected, _attr, _batches_of, _Editor, _kept_positions, _Runner, _sweep, _top1,
+                     repair)
 from .rewrite import RewriteResult
 
 STAGE = "reconstruct"
@@ -88,7 +89,7 @@ def _junctions(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple[s
                                                           for o in n.output}
     outputs = {o.name for o in model.graph.output}
     out: dict[str, tuple[str, str]] = {}
-    for name, rs in _readers(model).items():
+    for name, rs in reader_nodes(model.graph).items():
         if len(rs) != 1 or name in outputs:
             continue
         add = rs[0]

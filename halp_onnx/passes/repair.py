@@ -48,6 +48,7 @@ from onnx import numpy_helper
 
 from ..errors import HalpError
 from .channel_groups import ChannelAnalysis
+from .dead_code import reader_nodes
 from .load import LoadedModel
 from .rewrite import RewriteResult
 
@@ -280,15 +281,6 @@ def _kept_positions(analysis: ChannelAnalysis, kept: np.ndarray, tensor: str, wi
     return np.where(lab.ids >= 0, kept[np.maximum(lab.ids, 0)], True)
 
 
-def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    """Tensor name -> the nodes that read it, in graph order."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    return readers
-
-
 def _affected(model: onnx.ModelProto, analysis: ChannelAnalysis, kept: np.ndarray) -> tuple[set[str], set[str]]:
     """(consumer nodes that lost input channels, tensors whose statistics pruning changes)."""
     pruned_readers: set[str] = set()
@@ -309,7 +301,7 @@ def _points(loaded: LoadedModel, analysis: ChannelAnalysis, result: RewriteResul
             heads: bool = True) -> list[_Point]:
     dense, pruned = loaded.model, result.model
     shapes = loaded.shapes
-    readers = _readers(dense)
+    readers = reader_nodes(dense.graph)
     consumers, changed = _affected(dense, analysis, result.kept)
     pruned_nodes = {n.name: n for n in pruned.graph.node}
     pruned_inits = {t.name for t in pruned.graph.initializer}
