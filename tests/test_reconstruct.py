@@ -194,3 +194,28 @@ def test_output_error_is_a_kl_for_logits_and_a_relative_squared_error_otherwise(
     err = output_error(maps, scaled, feeds)  # (2y - y)^2 / var(y) = mean(y^2) / var(y) >= 1
     ys = np.concatenate([session(maps).run(None, f)[0] for f in feeds])
     assert err == pytest.approx(float(np.mean(ys ** 2) / np.var(ys)), rel=1e-4)
+
+
+def test_every_calibration_input_counts_and_a_layer_s_rows_stay_within_the_float_budget():
+    """The refit reads every calibration input given (up to ``max_samples``), and samples fewer positions
+    per input where features x rows would pass ``max_floats``; the Gemm head counts its input width."""
+    from halp_onnx.passes.reconstruct import _features
+
+    loaded = load(_net())
+    analysis = analyze(loaded)
+    keep = keep_by_ratio(analysis, l2_scores(loaded, analysis), 0.4)
+    result = rewrite(loaded, analysis, keep)
+    inits = {t.name: t for t in result.model.graph.initializer}
+    nodes = {n.name: n for n in result.model.graph.node}
+    head = nodes["head"]
+    assert _features(head, inits) == inits[head.input[1]].dims[1]  # transB: (outputs, inputs)
+    calib = [{"input": x} for x in _data(300, 1)]
+    full = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=8)
+    assert full.samples == 300
+    tight = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=8,
+                        max_floats=300 * 50 * 2)
+    assert tight.samples == 300 and tight.rows < full.rows
+    conv = [ly for ly in tight.per_layer if nodes[ly].op_type == "Conv"]
+    assert conv  # rows were cut, not the refit
+    few = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=8, max_samples=100)
+    assert few.samples == 100
