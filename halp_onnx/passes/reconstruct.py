@@ -57,7 +57,8 @@ STAGE = "reconstruct"
 @dataclass(frozen=True)
 class ReconstructResult:
     """``model``: the refitted pruned model; ``per_layer``: node -> (held-out error before, after) in
-    units of the dense output's variance (only layers that changed)."""
+    units of the dense output's variance (after the ReLU where the refit is ReLU-aware; only layers that
+    changed)."""
 
     model: onnx.ModelProto
     per_layer: dict[str, tuple[float, float]]
