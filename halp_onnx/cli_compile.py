@@ -70,7 +70,9 @@ def add_calib_options(p, what: str) -> None:
     p.add_argument("--mean", default="0.485,0.456,0.406", help="preprocessing mean of --calib images ([0,1] pixels)")
     p.add_argument("--std", default="0.229,0.224,0.225", help="preprocessing std of --calib images")
     p.add_argument("--size", help="resize --calib images to this size (H or HxW)")
-    p.add_argument("--calib-samples", type=int, default=2000, help="calibration images to use (default 2000)")
+    p.add_argument("--calib-samples", type=int, default=2000,
+                   help="calibration images to use (default 2000); the repair's time grows with them "
+                        "(ResNet-18 at 224 px, one thread: about 0.4 s per image)")
 
 
 def add_repair_option(p) -> None:

@@ -215,6 +215,7 @@ def test_every_calibration_input_counts_and_a_layer_s_rows_stay_within_the_float
     tight = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=8,
                         max_floats=300 * 50 * 2)
     assert tight.samples == 300 and tight.rows < full.rows
+    assert "fewer, within" in tight.note and "fewer, within" not in full.note
     conv = [ly for ly in tight.per_layer if nodes[ly].op_type == "Conv"]
     assert conv  # rows were cut, not the refit
     few = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=8, max_samples=100)
@@ -256,6 +257,7 @@ def test_the_relu_aware_refit_lowers_the_error_after_the_relu_on_unseen_data(see
         rc = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=16,
                          relu_aware=rounds)
         assert "conv2" in rc.per_layer
+        assert ("ReLU-aware" in rc.note) == (rounds > 0)
         got = session(rc.model)
         err[rounds] = float(np.square(np.concatenate([got.run(None, {"input": x})[0] for x in test]) - want).mean())
     assert err[3] < 0.99 * err[0], err

@@ -239,6 +239,7 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
     skipped: dict[str, str] = {}
     rows_total = 0
     readers = reader_nodes(out.graph)
+    relu_fitted: list[str] = []
     graph_outputs = {o.name for o in out.graph.output}
     for ly in layers:  # topological: each layer sees the layers before it refitted
         ed = _Editor(out)
@@ -313,8 +314,13 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
         beta = float(_attr(node, "beta", 1.0)) if ly.op == "Gemm" else 1.0
         ed.set(bn, (new_b / beta).reshape(ed.get(bn).shape))
         per_layer[ly.node] = (err_before, err_after)
+        if relu:
+            relu_fitted.append(ly.node)
+    capped = sum(1 for q in quota.values() if q < per_sample)
     note = (f"reconstruct: {len(per_layer)} of {len(layers)} disturbed layers refitted to the dense model by least "
-            f"squares on {samples} calibration sample(s), {per_sample} positions each")
+            f"squares on {samples} calibration sample(s), {per_sample} positions each"
+            + (f" ({capped} layer(s) fewer, within {max_floats} floats)" if capped else "")
+            + (f"; {len(relu_fitted)} ReLU-aware" if relu_fitted else ""))
     return ReconstructResult(out, per_layer, skipped, time.perf_counter() - t0, samples, rows_total, note, top1_before)
 
 
