@@ -261,3 +261,50 @@ def test_the_relu_aware_refit_lowers_the_error_after_the_relu_on_unseen_data(see
         got = session(rc.model)
         err[rounds] = float(np.square(np.concatenate([got.run(None, {"input": x})[0] for x in test]) - want).mean())
     assert err[3] < 0.99 * err[0], err
+
+
+def _mlp(seed: int, bias: bool) -> onnx.ModelProto:
+    """A transformer's MLP as exporters write it: x (1, T, C) @ W1 + b1 -> Relu -> @ W2 (+ b2), MatMul + Add."""
+    rng = np.random.default_rng(seed)
+    h = onnx.helper
+    vals = {"w1": rng.standard_normal((6, 16)) * 0.5, "b1": rng.standard_normal(16) * 0.1,
+            "w2": rng.standard_normal((16, 6)) * 0.3, "b2": rng.standard_normal(6) * 0.1}
+    inits = [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in vals.items() if bias or k != "b2"]
+    nodes = [h.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"), h.make_node("Add", ["m1", "b1"], ["a1"], name="bias1"),
+             h.make_node("Relu", ["a1"], ["r1"], name="act"),
+             h.make_node("MatMul", ["r1", "w2"], ["m2" if bias else "y"], name="fc2")]
+    if bias:
+        nodes.append(h.make_node("Add", ["m2", "b2"], ["y"], name="bias2"))
+    g = h.make_graph(nodes, "mlp", [h.make_tensor_value_info("x", 1, [1, 5, 6])],
+                     [h.make_tensor_value_info("y", 1, [1, 5, 6])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_matmul_layer_is_refitted_with_its_intercept_in_the_add_after_it(bias):
+    """Transformer exports write linear layers as MatMul (+ Add of a bias): the refit reads their rows on
+    the last axis and puts the fitted intercept into the Add's constant; without that Add it fits none."""
+    loaded = load(_mlp(0, bias))
+    analysis = analyze(loaded)
+    keep = keep_by_ratio(analysis, l2_scores(loaded, analysis), 0.5)
+    result = rewrite(loaded, analysis, keep)
+    rng = np.random.default_rng(1)
+    calib = [{"x": (rng.standard_normal((1, 5, 6)) + 0.3).astype(np.float32)} for _ in range(128)]
+    rc = reconstruct(loaded, analysis, result.model, result.kept, calib, threads=1, per_sample=5)
+    assert "fc2" in rc.per_layer
+    assert [n.op_type for n in rc.model.graph.node] == [n.op_type for n in result.model.graph.node]
+    assert len(rc.model.graph.initializer) == len(result.model.graph.initializer)  # no bias input added
+    onnx.checker.check_model(rc.model, full_check=True)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in rc.model.graph.initializer}
+    before = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert not np.allclose(inits["w2"], before["w2"])
+    if bias:
+        assert not np.allclose(inits["b2"], before["b2"])
+    test = [(rng.standard_normal((1, 5, 6)) + 0.3).astype(np.float32) for _ in range(32)]
+    dense, raw, refit = (session(m) for m in (loaded.model, result.model, rc.model))
+    want = np.concatenate([dense.run(None, {"x": x})[0] for x in test])
+    err = {k: float(np.square(np.concatenate([s.run(None, {"x": x})[0] for x in test]) - want).mean())
+           for k, s in (("raw", raw), ("refit", refit))}
+    assert err["refit"] < 0.8 * err["raw"], err

@@ -6,7 +6,7 @@ Removing channels leaves a convolution with fewer inputs than it was trained on,
 downstream sees inputs that drifted. The statistics repair (:mod:`.repair`) moves each output
 channel's mean and spread back; this pass goes further, as channel-pruning methods do (He et al.,
 2017, "Channel Pruning for Accelerating Very Deep Neural Networks"; the layer-wise reconstruction of
-post-training compression): for every Conv (one group) and Gemm with a constant weight whose input
+post-training compression): for every Conv (one group), Gemm and MatMul with a constant weight whose input
 changed, in topological order, the kept output channels' weights and bias are the ridge
 regression of the dense model's output at that layer on the pruned model's input at that layer, as
 reconstructed so far::
@@ -15,7 +15,10 @@ reconstructed so far::
 
 over sampled output positions of the calibration images (im2col rows for a convolution). A layer is
 changed only when the refit lowers the error on rows held out of the fit, so a layer with too little
-data keeps its weights. Output shapes, names and nodes do not change.
+data keeps its weights. Output shapes, names and nodes do not change. A ``MatMul`` with a constant 2-D
+weight (a transformer export's linear layer) is refitted the same way on its last axis; it has no bias of
+its own, so the fit's intercept goes into the constant of the one ``Add`` that reads it, and where there
+is no such ``Add`` the fit has no intercept.
 
 **Residual junctions** (``residual=True``, the default): a layer whose output is read only by a
 two-input ``Add`` of same-shape computed tensors (a block's last layer writing into the residual
@@ -88,6 +91,7 @@ class _Layer:
     keep: np.ndarray  # dense output channels the pruned layer keeps
     junction: str | None = None  # the residual Add the output is summed into (its output), when fitted there
     other: str | None = None  # the Add's other input (pruned model)
+    last: bool = False  # channels on the last axis (a MatMul: ..., tokens, features), else axis 1
 
 
 def _junctions(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple[str, str]]:
@@ -117,7 +121,8 @@ def _junctions(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple[s
 def _layers(loaded: LoadedModel, analysis: ChannelAnalysis, pruned: onnx.ModelProto, kept: np.ndarray,
             residual: bool = True) -> list[_Layer]:
     dense_nodes = {n.name: n for n in loaded.model.graph.node}
-    consts = {t.name for t in pruned.graph.initializer}
+    inits = {t.name: t for t in pruned.graph.initializer}
+    consts = set(inits)
     _, changed = _affected(loaded.model, analysis, kept)
     shapes = loaded.shapes
     dense_j = _junctions(loaded.model, shapes) if residual else {}
@@ -131,6 +136,8 @@ def _layers(loaded: LoadedModel, analysis: ChannelAnalysis, pruned: onnx.ModelPr
             ok = int(_attr(node, "group", 1)) == 1
         elif node.op_type == "Gemm":
             ok = not _attr(node, "transA", 0) and float(_attr(node, "alpha", 1.0)) == 1.0
+        elif node.op_type == "MatMul":  # a linear layer of a transformer export: x (..., K) @ W (K, N)
+            ok = len(inits[node.input[1]].dims) == 2 and node.input[0] not in consts
         else:
             continue
         if not ok or y not in changed and node.input[0] not in changed:
@@ -138,15 +145,48 @@ def _layers(loaded: LoadedModel, analysis: ChannelAnalysis, pruned: onnx.ModelPr
         s = shapes.get(y)
         if s is None or len(s) < 2:
             continue
-        keep = _kept_positions(analysis, kept, y, int(s[1]))
+        last = node.op_type == "MatMul"
+        keep = _kept_on(analysis, kept, y, len(s) - 1 if last else 1, int(s[-1] if last else s[1]))
         if keep is None or not keep.any():
             continue
         j = dense_j.get(y)
         if j is not None and y in pruned_j and pruned_j[y][0] == j[0]:
-            out.append(_Layer(node.name, node.op_type, node.input[0], y, keep, j[0], pruned_j[y][1]))
+            out.append(_Layer(node.name, node.op_type, node.input[0], y, keep, j[0], pruned_j[y][1], last))
         else:
-            out.append(_Layer(node.name, node.op_type, node.input[0], y, keep))
+            out.append(_Layer(node.name, node.op_type, node.input[0], y, keep, last=last))
     return out
+
+
+def _kept_on(analysis: ChannelAnalysis, kept: np.ndarray, tensor: str, axis: int, width: int) -> np.ndarray | None:
+    """The dense channels on ``axis`` of ``tensor`` that the pruned model keeps (all where the analysis
+    has no label; None where they are labelled along another axis)."""
+    if axis == 1:
+        return _kept_positions(analysis, kept, tensor, width)
+    lab = analysis.labels.get(tensor)
+    if lab is None:
+        return np.ones(width, dtype=bool)
+    if tuple(lab.axes) != (axis,) or lab.ids.shape != (width,):
+        return None
+    return np.where(lab.ids >= 0, kept[np.maximum(lab.ids, 0)], True)
+
+
+def _rows_of(t: np.ndarray, pos: tuple[np.ndarray, ...], last: bool) -> np.ndarray:
+    """(rows, channels) of ``t`` at the sampled positions: channels on axis 1, or on the last axis."""
+    return t[pos] if last else np.moveaxis(t, 1, -1)[pos]
+
+
+def _bias_add(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]], inits: dict[str, onnx.TensorProto],
+              width: int) -> tuple[onnx.NodeProto, int] | None:
+    """A MatMul's bias: the one ``Add`` that reads its output, with a constant of ``width`` values (its
+    node and input index), else None."""
+    rs = readers.get(node.output[0], [])
+    if len(rs) != 1 or rs[0].op_type != "Add" or len(rs[0].input) != 2:
+        return None
+    k = 1 if rs[0].input[0] == node.output[0] else 0
+    c = inits.get(rs[0].input[k])
+    if c is None or int(np.prod(c.dims)) != width or (c.dims and int(c.dims[-1]) != width):
+        return None
+    return rs[0], k
 
 
 def _features(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> int:
@@ -154,7 +194,7 @@ def _features(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> int:
     dims = list(inits[node.input[1]].dims)
     if node.op_type == "Conv":
         return int(np.prod(dims[1:]))
-    return int(dims[1] if _attr(node, "transB", 0) else dims[0]) if len(dims) == 2 else 1
+    return int(dims[1] if node.op_type == "Gemm" and _attr(node, "transB", 0) else dims[0]) if len(dims) == 2 else 1
 
 
 def _positions(rng: np.random.Generator, shape: tuple[int, ...], per_sample: int) -> tuple[np.ndarray, ...]:
@@ -230,8 +270,9 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
         got = dense.run(f)
         for ly in layers:
             y = got[ly.junction or ly.y]
-            pos = _positions(rng, y.shape, quota[ly.node])
-            yy = np.moveaxis(y, 1, -1)[pos]  # (rows, C)
+            shape = (y.shape[0], y.shape[-1], *y.shape[1:-1]) if ly.last else y.shape
+            pos = _positions(rng, shape, quota[ly.node])
+            yy = _rows_of(y, pos, ly.last)  # (rows, C)
             positions[ly.node].append(pos)
             targets[ly.node].append(yy[:, ly.keep].astype(np.float64))
     del dense
@@ -250,9 +291,9 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
         for f, pos in zip(feeds, positions[ly.node]):
             got = runner.run(f)
             x = got[ly.x].astype(np.float64)
-            xs.append(_rows_conv(x, node, w.shape, pos) if ly.op == "Conv" else x[pos[0]])
+            xs.append(_rows_conv(x, node, w.shape, pos) if ly.op == "Conv" else x[pos] if ly.last else x[pos[0]])
             if ly.other:  # fitted at the junction: the target is the dense sum minus the pruned skip
-                skips.append(np.moveaxis(got[ly.other], 1, -1)[pos].astype(np.float64))
+                skips.append(_rows_of(got[ly.other], pos, ly.last).astype(np.float64))
         del runner
         a = np.concatenate(xs)
         b = np.concatenate(targets[ly.node])
@@ -263,8 +304,12 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
         relu = relu_aware > 0 and len(rs) == 1 and rs[0].op_type == "Relu" and ly.y not in graph_outputs
         rows_total += len(a)
         # current weights as a (features, outputs) matrix, and the bias
-        wm = w.reshape(w.shape[0], -1).T if ly.op == "Conv" or _attr(node, "transB", 0) else w
+        transposed = ly.op == "Conv" or ly.op == "Gemm" and bool(_attr(node, "transB", 0))
+        wm = w.reshape(w.shape[0], -1).T if transposed else w
         bias = np.zeros(wm.shape[1])
+        # a MatMul has no bias of its own: the fit's intercept goes into the Add after it, or there is none
+        bias_add = _bias_add(node, readers, ed.inits, wm.shape[1]) if ly.op == "MatMul" else None
+        intercept = ly.op != "MatMul" or bias_add is not None
         has_bias = len(node.input) > 2 and bool(node.input[2]) and node.input[2] in ed.inits
         if has_bias:
             bias = ed.get(node.input[2]).astype(np.float64).reshape(-1) * (
@@ -277,11 +322,12 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
         perm = rng.permutation(len(a))
         n_fit = int(len(a) * (1 - holdout))
         fit, test = perm[:n_fit], perm[n_fit:]
-        a1 = np.hstack([a, np.ones((len(a), 1))])
+        a1 = np.hstack([a, np.ones((len(a), 1))]) if intercept else a
         g = a1[fit].T @ a1[fit]
         lam = ridge * float(np.mean(np.diag(g))) + 1e-12
         g[np.diag_indices_from(g)] += lam
-        g[-1, -1] -= lam  # no penalty on the bias
+        if intercept:
+            g[-1, -1] -= lam  # no penalty on the bias
         try:
             sol = np.linalg.solve(g, a1[fit].T @ b[fit])
             if relu:
@@ -306,13 +352,18 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
         if not err_after < err_before:
             skipped[ly.node] = f"no better on held-out rows ({err_after:.3g} vs {err_before:.3g})"
             continue
-        new_w, new_b = sol[:-1], sol[-1]
+        new_w, new_b = (sol[:-1], sol[-1]) if intercept else (sol, None)
         wn = ed.own(node, 1)
-        ed.set(wn, new_w.T.reshape(w.shape) if ly.op == "Conv" or _attr(node, "transB", 0) else new_w)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(ed.inits[wn].data_type)
-        bn = ed.bias_of(node, wm.shape[1], dtype)
-        beta = float(_attr(node, "beta", 1.0)) if ly.op == "Gemm" else 1.0
-        ed.set(bn, (new_b / beta).reshape(ed.get(bn).shape))
+        ed.set(wn, new_w.T.reshape(w.shape) if transposed else new_w)
+        if bias_add is not None and new_b is not None:  # MatMul: into the Add's constant
+            add, k = bias_add
+            cn = ed.own(add, k)
+            ed.set(cn, ed.get(cn) + new_b.reshape(ed.get(cn).shape))
+        elif new_b is not None:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(ed.inits[wn].data_type)
+            bn = ed.bias_of(node, wm.shape[1], dtype)
+            beta = float(_attr(node, "beta", 1.0)) if ly.op == "Gemm" else 1.0
+            ed.set(bn, (new_b / beta).reshape(ed.get(bn).shape))
         per_layer[ly.node] = (err_before, err_after)
         if relu:
             relu_fitted.append(ly.node)
