@@ -151,11 +151,13 @@ class _Runner:
         relaxed = self._relax(m)
         self.sess = None
         if relaxed is not None:
+            opts.log_severity_level = 4  # a failed probe is expected, not an error to print
             try:
                 self.sess = self._session(relaxed)
                 self._probe()
             except Exception:  # a batch baked into the graph: run in the fixed batch
                 self.sess = None
+            opts.log_severity_level = 3
         if self.sess is None:
             self.sess = self._session(m)
             dims = [vi.type.tensor_type.shape.dim for vi in m.graph.input
