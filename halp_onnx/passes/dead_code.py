@@ -10,11 +10,7 @@ import onnx
 
 def reader_names(graph: onnx.GraphProto) -> dict[str, list[str]]:
     """tensor -> names of the nodes that read it."""
-    readers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node.name)
-    return readers
+    return {t: [n.name for n in nodes] for t, nodes in reader_nodes(graph).items()}
 
 
 def reader_nodes(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

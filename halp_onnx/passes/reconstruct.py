@@ -146,7 +146,7 @@ def _layers(loaded: LoadedModel, analysis: ChannelAnalysis, pruned: onnx.ModelPr
         if s is None or len(s) < 2:
             continue
         last = node.op_type == "MatMul"
-        keep = _kept_on(analysis, kept, y, len(s) - 1 if last else 1, int(s[-1] if last else s[1]))
+        keep = _kept_positions(analysis, kept, y, int(s[-1] if last else s[1]), len(s) - 1 if last else 1)
         if keep is None or not keep.any():
             continue
         j = dense_j.get(y)
@@ -155,19 +155,6 @@ def _layers(loaded: LoadedModel, analysis: ChannelAnalysis, pruned: onnx.ModelPr
         else:
             out.append(_Layer(node.name, node.op_type, node.input[0], y, keep, last=last))
     return out
-
-
-def _kept_on(analysis: ChannelAnalysis, kept: np.ndarray, tensor: str, axis: int, width: int) -> np.ndarray | None:
-    """The dense channels on ``axis`` of ``tensor`` that the pruned model keeps (all where the analysis
-    has no label; None where they are labelled along another axis)."""
-    if axis == 1:
-        return _kept_positions(analysis, kept, tensor, width)
-    lab = analysis.labels.get(tensor)
-    if lab is None:
-        return np.ones(width, dtype=bool)
-    if tuple(lab.axes) != (axis,) or lab.ids.shape != (width,):
-        return None
-    return np.where(lab.ids >= 0, kept[np.maximum(lab.ids, 0)], True)
 
 
 def _rows_of(t: np.ndarray, pos: tuple[np.ndarray, ...], last: bool) -> np.ndarray:
@@ -190,7 +177,8 @@ def _bias_add(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]], in
 
 
 def _features(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> int:
-    """Columns of a layer's least-squares problem: a Conv's (C_in / group) x kernel, a Gemm's input width."""
+    """Columns of a layer's least-squares problem: a Conv's (C_in / group) x kernel, a Gemm's or MatMul's
+    input width."""
     dims = list(inits[node.input[1]].dims)
     if node.op_type == "Conv":
         return int(np.prod(dims[1:]))
@@ -291,14 +279,14 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
         for f, pos in zip(feeds, positions[ly.node]):
             got = runner.run(f)
             x = got[ly.x].astype(np.float64)
-            xs.append(_rows_conv(x, node, w.shape, pos) if ly.op == "Conv" else x[pos] if ly.last else x[pos[0]])
+            xs.append(_rows_conv(x, node, w.shape, pos) if ly.op == "Conv" else x[pos])  # Gemm: pos is (samples,)
             if ly.other:  # fitted at the junction: the target is the dense sum minus the pruned skip
                 skips.append(_rows_of(got[ly.other], pos, ly.last).astype(np.float64))
         del runner
         a = np.concatenate(xs)
         b = np.concatenate(targets[ly.node])
-        sk = np.concatenate(skips) if skips else np.zeros((1, b.shape[1]))
-        if skips:
+        sk = np.concatenate(skips) if skips else None
+        if sk is not None:
             b = b - sk
         rs = readers.get(ly.junction or ly.y, [])
         relu = relu_aware > 0 and len(rs) == 1 and rs[0].op_type == "Relu" and ly.y not in graph_outputs
@@ -331,7 +319,7 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
         try:
             sol = np.linalg.solve(g, a1[fit].T @ b[fit])
             if relu:
-                skf = sk[fit] if skips else 0.0
+                skf = sk[fit] if sk is not None else 0.0
                 for _ in range(relu_aware):
                     pred = a1[fit] @ sol
                     dead = (b[fit] + skf <= 0) & (pred + skf <= 0)
@@ -340,7 +328,7 @@ def reconstruct(loaded: LoadedModel, analysis: ChannelAnalysis, model: onnx.Mode
             skipped[ly.node] = "singular normal matrix"
             continue
         if relu:
-            skt = sk[test] if skips else 0.0
+            skt = sk[test] if sk is not None else 0.0
             tt = np.maximum(b[test] + skt, 0)
             var = float(np.mean(np.var(tt, axis=0))) + 1e-12
             err_before = float(np.mean((np.maximum(a[test] @ wm + bias + skt, 0) - tt) ** 2)) / var

@@ -274,11 +274,12 @@ class _Point:
     order: int
 
 
-def _kept_positions(analysis: ChannelAnalysis, kept: np.ndarray, tensor: str, width: int) -> np.ndarray | None:
+def _kept_positions(analysis: ChannelAnalysis, kept: np.ndarray, tensor: str, width: int,
+                    axis: int = 1) -> np.ndarray | None:
     lab = analysis.labels.get(tensor)
     if lab is None:
         return np.ones(width, dtype=bool)
-    if tuple(lab.axes) != (1,) or lab.ids.shape != (width,):
+    if tuple(lab.axes) != (axis,) or lab.ids.shape != (width,):
         return None
     return np.where(lab.ids >= 0, kept[np.maximum(lab.ids, 0)], True)
 
