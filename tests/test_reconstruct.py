@@ -33,6 +33,18 @@ def _net(seed: int = 0, width: int = 8, hw: int = 8, bias: bool = True) -> onnx.
     return b.model()
 
 
+def _model(nodes: list, x: tuple[str, list], y: tuple[str, list | None], inits: dict[str, np.ndarray]
+           ) -> onnx.ModelProto:
+    """An opset-17 float model of ``nodes`` with one input and one output (name, shape) and float32
+    initializers."""
+    h = onnx.helper
+    g = h.make_graph(nodes, "net", [h.make_tensor_value_info(x[0], 1, x[1])], [h.make_tensor_value_info(y[0], 1, y[1])],
+                     [onnx.numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
 def _data(n: int, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((n, 1, 3, 8, 8)) + 0.2).astype(np.float32)
 
@@ -44,11 +56,7 @@ def test_im2col_rows_reproduce_the_convolution(stride, pad, dil):
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
     node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[stride] * 2,
                                  pads=[pad] * 4, dilations=[dil] * 2)
-    g = onnx.helper.make_graph([node], "c", [onnx.helper.make_tensor_value_info("x", 1, list(x.shape))],
-                               [onnx.helper.make_tensor_value_info("y", 1, None)],
-                               [onnx.numpy_helper.from_array(w, "w")])
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    m.ir_version = 8
+    m = _model([node], ("x", list(x.shape)), ("y", None), {"w": w})
     y = session(m).run(None, {"x": x})[0]
     pos = _positions(rng, y.shape, 6)
     rows = _rows_conv(x.astype(np.float64), node, w.shape, pos)
@@ -226,18 +234,13 @@ def _relu_net(seed: int) -> onnx.ModelProto:
     """conv 3x3 -> Relu -> conv 1x1 with a negative bias -> Relu (most of its outputs dead)."""
     rng = np.random.default_rng(seed)
     h = onnx.helper
-    inits = [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in {
-        "w1": rng.standard_normal((8, 3, 3, 3)) * 0.4, "b1": rng.standard_normal(8) * 0.1,
-        "w2": rng.standard_normal((6, 8, 1, 1)) * 0.5, "b2": np.full(6, -0.6)}.items()]
+    inits = {"w1": rng.standard_normal((8, 3, 3, 3)) * 0.4, "b1": rng.standard_normal(8) * 0.1,
+             "w2": rng.standard_normal((6, 8, 1, 1)) * 0.5, "b2": np.full(6, -0.6)}
     nodes = [h.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1] * 4),
              h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
              h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
              h.make_node("Relu", ["c2"], ["out"], name="relu2")]
-    g = h.make_graph(nodes, "relu_net", [h.make_tensor_value_info("input", 1, [1, 3, 8, 8])],
-                     [h.make_tensor_value_info("out", 1, [1, 6, 8, 8])], inits)
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
+    return _model(nodes, ("input", [1, 3, 8, 8]), ("out", [1, 6, 8, 8]), inits)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -269,17 +272,12 @@ def _mlp(seed: int, bias: bool) -> onnx.ModelProto:
     h = onnx.helper
     vals = {"w1": rng.standard_normal((6, 16)) * 0.5, "b1": rng.standard_normal(16) * 0.1,
             "w2": rng.standard_normal((16, 6)) * 0.3, "b2": rng.standard_normal(6) * 0.1}
-    inits = [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in vals.items() if bias or k != "b2"]
     nodes = [h.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"), h.make_node("Add", ["m1", "b1"], ["a1"], name="bias1"),
              h.make_node("Relu", ["a1"], ["r1"], name="act"),
              h.make_node("MatMul", ["r1", "w2"], ["m2" if bias else "y"], name="fc2")]
     if bias:
         nodes.append(h.make_node("Add", ["m2", "b2"], ["y"], name="bias2"))
-    g = h.make_graph(nodes, "mlp", [h.make_tensor_value_info("x", 1, [1, 5, 6])],
-                     [h.make_tensor_value_info("y", 1, [1, 5, 6])], inits)
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
+    return _model(nodes, ("x", [1, 5, 6]), ("y", [1, 5, 6]), {k: v for k, v in vals.items() if bias or k != "b2"})
 
 
 @pytest.mark.parametrize("bias", [True, False])
