@@ -49,11 +49,12 @@ def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int 
           min_params: float = 0.25, strict: bool = False, calib: Any = None,
           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
           size: int | tuple[int, int] | None = None, calib_samples: int = 2000,
-          repair: bool | None = None, reconstruct: bool = True) -> PruneResult:
+          repair: bool | None = None, reconstruct: bool = True, descent: bool = True) -> PruneResult:
     """Remove ``ratio`` of every prunable group's channels, rewrite, and verify (always).
     ``on_stage(name, seconds)`` is called as each pipeline stage ends; the guards as in ``compile``.
     With ``calib`` (calibration images or input arrays, as ``compile`` takes them) the verified model's
-    disturbed layers are refitted by least squares (passes.reconstruct; ``reconstruct=False`` skips it) and
+    disturbed layers are refitted by least squares (passes.reconstruct; ``reconstruct=False`` skips it), trained
+    block by block towards the dense model (passes.descent, with torch; ``descent=False`` skips it) and
     per-channel statistics matched to the dense model's (passes.repair; ``repair=False`` skips both); the
     repaired model is ``model``."""
     if repair and calib is None:
@@ -61,7 +62,7 @@ def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int 
     cfg = PipelineConfig(model, mode="ratio", ratio=ratio, criterion=criterion, seed=seed, input_shapes=input_shapes,
                          check=check, exclude=tuple(exclude), round_to=round_to, min_params=min_params,
                          strict=strict, calib=calib, mean=mean, std=std, size=size, calib_samples=calib_samples,
-                         repair=repair, reconstruct=reconstruct)
+                         repair=repair, reconstruct=reconstruct, descent=descent)
     return prune_result(PIPELINE.run(cfg, on_stage=on_stage))
 
 

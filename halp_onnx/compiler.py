@@ -104,7 +104,8 @@ def compile(model, target: str = "ort-cpu", latency: str | float | LatencyBudget
             importance: Importance | None = None, calibrate: int = 3,
             calibrate_tol: float = 0.03, on_stage: Callable[[str, float], None] | None = None,
             exclude: Sequence[str] = (), round_to: int = 1, min_params: float = 0.25,
-            strict: bool = False, repair: bool | None = None, reconstruct: bool = True) -> CompileResult:
+            strict: bool = False, repair: bool | None = None, reconstruct: bool = True,
+            descent: bool = True) -> CompileResult:
     """HALP one-shot: keep the most important channels within a latency budget on ``target``.
 
     Returns a :class:`CompileResult` whose ``model`` is the verified pruned ONNX model. Where the target
@@ -115,7 +116,8 @@ def compile(model, target: str = "ort-cpu", latency: str | float | LatencyBudget
     globs whose groups stay dense), ``round_to`` (channel multiples), ``min_params`` (warn below this share
     of kept parameters), ``strict`` (refuse a result a guard warns about). With ``calib``, the result is
     repaired (``repair=False`` skips it): the disturbed layers refitted by least squares
-    (``reconstruct=False`` skips that part), then per-channel statistics matched to the dense model."""
+    (``reconstruct=False`` skips that part) and trained block by block towards the dense model (with
+    torch; ``descent=False`` skips that part), then per-channel statistics matched to the dense model."""
     cfg = PipelineConfig(source=model, mode="budget", input_shapes=input_shapes, target=target,
                          latency=LatencyBudget.parse(latency), threads=threads, measure=measure,
                          profile_path=profile_path, progress=progress, calib=calib, mean=mean, std=std, size=size,
@@ -123,7 +125,7 @@ def compile(model, target: str = "ort-cpu", latency: str | float | LatencyBudget
                          solver=solver, min_keep=min_keep, allow_removal=allow_removal, prune_first=prune_first,
                          measure_result=measure_result, calibrate=calibrate, calibrate_tol=calibrate_tol,
                          exclude=tuple(exclude), round_to=round_to, min_params=min_params, strict=strict,
-                         repair=repair, reconstruct=reconstruct)
+                         repair=repair, reconstruct=reconstruct, descent=descent)
     return compile_result(PIPELINE.run(cfg, on_stage=on_stage))
 
 

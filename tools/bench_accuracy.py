@@ -105,7 +105,7 @@ def _compile(args, dense: Path, calib: Path, latency: float) -> dict:
         data = {"input": zoo.normalize_cifar(z["images"]), "labels": z["labels"]}
     cfg = PipelineConfig(source=str(dense), mode="budget", target="ort-cpu", latency=LatencyBudget.parse(latency),
                          input_shapes={"input": (1, 3, 32, 32)}, calib=data, calib_samples=args.calib_images,
-                         threads=1, profile_path=args.profile)
+                         threads=1, profile_path=args.profile, repair=False)  # repaired by _repair, as one step
     run = PIPELINE.run(cfg)
     _, result = final_choice(run)
     m = run.get("measured")

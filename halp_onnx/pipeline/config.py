@@ -62,6 +62,7 @@ class PipelineConfig:
     check: bool = True
     repair: bool | None = None  # None: on when calibration data is given
     reconstruct: bool = True  # within repair: least-squares refit of the disturbed layers first (passes.reconstruct)
+    descent: bool = True  # within repair, after the refit: block-wise descent (passes.descent; needs torch)
     # iterative mode: the torch bridge's settings, whose select(config, results) trains while pruning
     # (halp_onnx.torch.halp.IterativeSettings)
     iterative: Any = None

@@ -304,7 +304,7 @@ def _repair(cfg: PipelineConfig, r: Results):
     batches = calibration_batches(loaded, cfg.calib, mean=cfg.mean, std=cfg.std, size=cfg.size,
                                   samples=cfg.calib_samples, batch_size=cfg.calib_batch)
     return reconstruct_and_repair(loaded, analysis, result, batches, threads=cfg.threads,
-                                  reconstruct_first=cfg.reconstruct)
+                                  reconstruct_first=cfg.reconstruct, descent=cfg.descent)
 
 
 def _repairs(cfg: PipelineConfig) -> bool:
