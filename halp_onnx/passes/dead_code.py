@@ -1,6 +1,7 @@
 """Nodes that die with a removed branch: every node whose outputs are read only by removed nodes (the
 statistic ConvNeXt-V2's GRN takes over the channels of a branch, the constants feeding it). Shared by the
-channel analysis (whether a group may go to zero) and the rewrite (what it drops)."""
+channel analysis (whether a group may go to zero) and the rewrite (what it drops). Also the graph's reader
+maps and its residual junctions (for the refit and the block-wise descent)."""
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
@@ -44,3 +45,27 @@ def dead_with(graph: onnx.GraphProto, removed: Iterable[str], *, keep: Iterable[
                 dead.add(p.name)
                 stack.append(p)
     return dead
+
+
+def residual_junctions(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple[str, str]]:
+    """Output tensor -> (Add output, the Add's other input) for tensors read only by a two-input Add of
+    two computed tensors of the same shape (a residual junction: the layer's output plus a skip)."""
+    consts = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                          for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    out: dict[str, tuple[str, str]] = {}
+    for name, rs in reader_nodes(model.graph).items():
+        if len(rs) != 1 or name in outputs:
+            continue
+        add = rs[0]
+        if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+            continue
+        a, b = add.input
+        other = b if a == name else a
+        if a == b or other in consts or other == "":
+            continue
+        if shapes is not None and (shapes.get(name) is None or shapes.get(name) != shapes.get(add.output[0])
+                                   or shapes.get(other) != shapes.get(name)):
+            continue
+        out[name] = (add.output[0], other)
+    return out

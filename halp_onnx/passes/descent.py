@@ -26,7 +26,7 @@ import onnx
 
 from ..errors import HalpError
 from .channel_groups import ChannelAnalysis
-from .dead_code import reader_nodes
+from .dead_code import reader_nodes, residual_junctions
 from .load import LoadedModel
 from .repair import _kept_positions, _Runner
 
@@ -52,11 +52,9 @@ def descent_points(loaded: LoadedModel, model: onnx.ModelProto, analysis: Channe
     it), a removed block's included; in a graph without junctions, every disturbed layer's output
     instead (``fitted``: per disturbed layer, its output, the junction it writes into or None, channels
     on the last axis); the channel axis is the one the channel analysis labels."""
-    from .reconstruct import _junctions
-
     readers = reader_nodes(model.graph)
     outputs = {o.name for o in model.graph.output}
-    ends = list(dict.fromkeys(add for add, _ in _junctions(model, None).values())) or [y for y, _, _ in fitted]
+    ends = list(dict.fromkeys(add for add, _ in residual_junctions(model, None).values())) or [y for y, _, _ in fitted]
     out: dict[str, tuple[np.ndarray | None, int]] = {}
     for t in ends:
         rs = readers.get(t, [])

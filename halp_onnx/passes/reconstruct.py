@@ -48,7 +48,7 @@ import onnx
 
 from ..errors import HalpError
 from .channel_groups import ChannelAnalysis
-from .dead_code import reader_nodes
+from .dead_code import reader_nodes, residual_junctions
 from .descent import run_descent
 from .load import LoadedModel, _real_inputs
 from .repair import (RepairResult, _affected, _attr, _batches_of, _Editor, _kept_positions, _Runner, _sweep, _top1,
@@ -95,30 +95,6 @@ class _Layer:
     last: bool = False  # channels on the last axis (a MatMul: ..., tokens, features), else axis 1
 
 
-def _junctions(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple[str, str]]:
-    """Output tensor -> (Add output, the Add's other input) for tensors read only by a two-input Add of
-    two computed tensors of the same shape (a residual junction: the layer's output plus a skip)."""
-    consts = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
-                                                          for o in n.output}
-    outputs = {o.name for o in model.graph.output}
-    out: dict[str, tuple[str, str]] = {}
-    for name, rs in reader_nodes(model.graph).items():
-        if len(rs) != 1 or name in outputs:
-            continue
-        add = rs[0]
-        if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
-            continue
-        a, b = add.input
-        other = b if a == name else a
-        if a == b or other in consts or other == "":
-            continue
-        if shapes is not None and (shapes.get(name) is None or shapes.get(name) != shapes.get(add.output[0])
-                                   or shapes.get(other) != shapes.get(name)):
-            continue
-        out[name] = (add.output[0], other)
-    return out
-
-
 def _layers(loaded: LoadedModel, analysis: ChannelAnalysis, pruned: onnx.ModelProto, kept: np.ndarray,
             residual: bool = True) -> list[_Layer]:
     dense_nodes = {n.name: n for n in loaded.model.graph.node}
@@ -126,8 +102,8 @@ def _layers(loaded: LoadedModel, analysis: ChannelAnalysis, pruned: onnx.ModelPr
     consts = set(inits)
     _, changed = _affected(loaded.model, analysis, kept)
     shapes = loaded.shapes
-    dense_j = _junctions(loaded.model, shapes) if residual else {}
-    pruned_j = _junctions(pruned, None) if residual else {}
+    dense_j = residual_junctions(loaded.model, shapes) if residual else {}
+    pruned_j = residual_junctions(pruned, None) if residual else {}
     out: list[_Layer] = []
     for node in pruned.graph.node:
         if node.name not in dense_nodes or len(node.input) < 2 or node.input[1] not in consts:
