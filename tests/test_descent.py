@@ -154,3 +154,27 @@ def test_a_block_that_does_no_better_on_held_out_batches_keeps_its_weights():
                          stopping=held, steps=20, lr=100.0, threads=1)
     assert out.model is None and "nothing changed" in out.note, out.note
     assert out.summary is not None and out.summary["kept_back"] == out.summary["points"] + 1
+
+
+def test_a_transformer_s_blocks_end_at_its_residual_adds_with_the_features_on_the_last_axis():
+    """A pre-LN transformer (the tests' 2-block export shape): every residual Add is a block end, its
+    channels on the last axis (tokens x features), and the repair with the descent stays no further
+    from the dense output on unseen inputs than the refit alone."""
+    pytest.importorskip("torch")
+    from test_graphs_transformer import transformer
+
+    model, _ = transformer(depth=2)
+    loaded, analysis, result = _pruned(model, 0.4)
+    points = ds.descent_points(loaded, result.model, analysis, result.kept,
+                               _fitted(loaded, analysis, result.model, result.kept))
+    adds = [n.output[0] for n in result.model.graph.node if n.op_type == "Add"]
+    assert points and set(points) <= set(adds)
+    assert all(axis == 2 and keep is not None and 0 < keep.sum() < keep.size for keep, axis in points.values())
+    name = loaded.model.graph.input[0].name
+    rng = np.random.default_rng(0)
+    calib = [{name: rng.standard_normal((1, *loaded.input_shapes[name][1:])).astype(np.float32)} for _ in range(80)]
+    unseen = [{name: rng.standard_normal((1, *loaded.input_shapes[name][1:])).astype(np.float32)} for _ in range(16)]
+    on = rc_mod.reconstruct_and_repair(loaded, analysis, result, calib, threads=1)
+    off = rc_mod.reconstruct_and_repair(loaded, analysis, result, calib, threads=1, descent=False)
+    assert "descent" in on.reconstructed and "descent" not in off.reconstructed
+    assert output_error(loaded.model, on.model, unseen) <= 1.05 * output_error(loaded.model, off.model, unseen)

@@ -47,14 +47,16 @@ class DescentOutcome:
 
 def descent_points(loaded: LoadedModel, model: onnx.ModelProto, analysis: ChannelAnalysis, kept: np.ndarray,
                    fitted: Sequence[tuple[str, str | None, bool]]) -> dict[str, tuple[np.ndarray | None, int]]:
-    """Point tensor -> (kept dense channels there, channel axis): every residual junction of the pruned
-    ``model`` (the ``Add`` of a branch and a computed skip of one shape, or the ``Relu`` that alone reads
-    it), a removed block's included; in a graph without junctions, every disturbed layer's output
+    """Point tensor -> (kept dense channels there, channel axis): every residual junction of the dense
+    model (the ``Add`` of a branch and a skip, computed and of one shape, or the ``Relu`` that alone
+    reads it) that the pruned ``model`` still has, a removed block's included; in a graph without junctions, every disturbed layer's output
     instead (``fitted``: per disturbed layer, its output, the junction it writes into or None, channels
     on the last axis); the channel axis is the one the channel analysis labels."""
     readers = reader_nodes(model.graph)
     outputs = {o.name for o in model.graph.output}
-    ends = list(dict.fromkeys(add for add, _ in residual_junctions(model, None).values())) or [y for y, _, _ in fitted]
+    dense_ends = {add for add, _ in residual_junctions(loaded.model, loaded.shapes).values()}
+    ends = [n.output[0] for n in model.graph.node if n.op_type == "Add" and n.output[0] in dense_ends]
+    ends = ends or [y for y, _, _ in fitted]
     out: dict[str, tuple[np.ndarray | None, int]] = {}
     for t in ends:
         rs = readers.get(t, [])
