@@ -400,8 +400,9 @@ def report(args) -> int:
                              f"{rec['seconds']:.1f} s): held-out error {rec['mean_error_before']:.3f} -> "
                              f"{rec['mean_error_after']:.3f} of the dense output's variance; then")
                 if rec.get("descent"):
-                    lines.append(f"- {name}: {rec['descent']['note']}"
-                                 f"{'' if rec['descent']['kept'] else ' (not kept)'}; then")
+                    d = rec["descent"]
+                    lines.append(f"- {name}: {d['note']}{'' if d['kept'] or 'left out' in d['note'] else ' (not kept)'}"
+                                 "; then")
             note = rp.get("note", "")
             if "statistics repair was left out" in note:
                 lines.append(f"- {name}: {note[note.index('the statistics repair was left out'):]}; top-1 on the "
