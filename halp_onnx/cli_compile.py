@@ -220,7 +220,7 @@ def compile_report(r, plan, args) -> dict:
                   verification=d["verification"], seconds={**plan_seconds(plan), **r.seconds},
                   warnings=plan.warnings,
                   details={"mode": "one-shot", "importance": d["importance"], "solver": d["solver"],
-                           "rounds": d["rounds"], "blocks": d["blocks"], "profile": profile})
+                           "rounds": d["rounds"], "blocks": d["blocks"], "profile": profile, "repair": r.repair})
 
 
 def run_iterative(args, plan, target, budget, mean, std, progress) -> int:

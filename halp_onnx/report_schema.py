@@ -130,7 +130,10 @@ DETAILS: dict[str, dict[str, Any]] = {
                          "prunable_groups": _t(INT, "groups halp-onnx may prune")},
                     required=("prunable_params", "prunable_groups")),
     "prune": _obj("", {"ratio": _t(NUM, "share of each group's channels removed"),
-                       "criterion": _t(STR, "l2 or random"), "seed": _t(INT, "random seed")},
+                       "criterion": _t(STR, "l2 or random"), "seed": _t(INT, "random seed"),
+                       "repair": _t(OBJ, "with --calib: the least-squares refit (reconstructed), the block-wise descent "
+                                 "(reconstructed.descent) and the statistics repair: what each did, on how many "
+                                 "inputs, and whether it was kept", null=True)},
                   required=("ratio", "criterion", "seed")),
     "compile": _obj("", {
         "mode": _t(STR, "'one-shot' (knapsack) or 'iterative' (pruning while fine-tuning)", enum=["one-shot", "iterative"]),
@@ -139,6 +142,9 @@ DETAILS: dict[str, dict[str, Any]] = {
         "rounds": _t(ARR, "knapsack rounds", null=True),
         "blocks": _t(ARR, "per block: node, op, c_in/c_out/ms [dense, pruned]", null=True),
         "profile": _t(OBJ, "the latency profile used: name, estimated, fingerprint, tables", null=True),
+        "repair": _t(OBJ, "with --calib: the least-squares refit (reconstructed), the block-wise descent "
+                                 "(reconstructed.descent) and the statistics repair: what each did, on how many "
+                                 "inputs, and whether it was kept", null=True),
         "history": _t(ARR, "iterative: one entry per pruning step", null=True),
         "calibration": _t(ARR, "iterative: the closed loop's paired timings (step, predicted and measured share, "
                                "miss, scale)", null=True),

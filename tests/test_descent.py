@@ -178,3 +178,30 @@ def test_a_transformer_s_blocks_end_at_its_residual_adds_with_the_features_on_th
     off = rc_mod.reconstruct_and_repair(loaded, analysis, result, calib, threads=1, descent=False)
     assert "descent" in on.reconstructed and "descent" not in off.reconstructed
     assert output_error(loaded.model, on.model, unseen) <= 1.05 * output_error(loaded.model, off.model, unseen)
+
+
+def test_the_compile_and_prune_reports_say_what_the_descent_did(tmp_path):
+    """``--report`` carries the repair (the refit, the descent and whether it was kept) for compile as
+    for prune; ``--no-descent`` leaves the descent out; with too few batches to hold some out it is
+    skipped, and the report says why."""
+    pytest.importorskip("torch")
+    import json
+
+    from halp_onnx.cli import main
+    from halp_onnx.passes.rewrite import save_model
+
+    def run(cmd: str, model: onnx.ModelProto, n: int, hw: int, *args: str) -> dict:
+        src, npz, rep = tmp_path / f"{cmd}.onnx", tmp_path / f"{cmd}.npz", tmp_path / f"{cmd}.json"
+        save_model(model, src)
+        np.savez(npz, input=np.random.default_rng(6).standard_normal((n, 3, hw, hw)).astype(np.float32))
+        assert main([cmd, str(src), *args, "--calib", str(npz), "--calib-samples", str(n), "-o",
+                     str(tmp_path / f"{cmd}-out.onnx"), "--report", str(rep)]) == 0
+        return json.loads(rep.read_text())["details"]["repair"]
+
+    big = _net(seed=3, width=64, hw=64)  # large enough for a GPU budget to matter
+    repair = run("compile", big, 40, 64, "--target", "trt-v100", "--latency", "0.85", "--quiet")
+    assert repair["reconstructed"]["layers"] > 0 and repair["reconstructed"]["descent"]["kept"] is False
+    assert "block descent: skipped, it needs 5 calibration batches" in repair["note"]
+    repair = run("prune", _residual_net(seed=3), 160, 8, "--ratio", "0.4")
+    assert repair["reconstructed"]["descent"]["steps"] > 0 and "block descent" in repair["note"]
+    assert "descent" not in run("prune", _residual_net(seed=3), 160, 8, "--ratio", "0.4", "--no-descent")["reconstructed"]

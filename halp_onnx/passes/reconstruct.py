@@ -419,6 +419,10 @@ def reconstruct_and_repair(loaded: LoadedModel, analysis: ChannelAnalysis, resul
         else:
             notes.append(d.note)
         summary["descent"] = {**(d.summary or {}), "kept": base is d.model, "note": notes[-1]}
+    elif descent:
+        notes.append(f"block descent: skipped, it needs {MIN_BATCHES} calibration batches or more (some are held "
+                     "out to judge it)")
+        summary["descent"] = {"kept": False, "note": notes[-1]}
     rp = repair(loaded, analysis, replace(result, model=base), fit, threads=threads)
     note = "; ".join(notes) + f"; then {rp.note}"
     if check_feeds and rp.per_layer_shift:
