@@ -389,7 +389,8 @@ def reconstruct_and_repair(loaded: LoadedModel, analysis: ChannelAnalysis, resul
     model's output closer to the dense one on them (:func:`output_error`); otherwise the model before
     them goes on, and the note says so. On the held-out BN-folded CIFAR ResNet-56 compiled to 0.5 the
     statistics matched after the refit cost 2.2 points (85.15% -> 82.99% top-1 on the exact test
-    images); without held-out batches the descent is not run."""
+    images), and the descent after the refit brought 86.53% to 89.28%; without held-out batches the
+    descent is not run."""
     batches = list(batches)
     if not reconstruct_first:
         return repair(loaded, analysis, result, batches, threads=threads)
@@ -404,7 +405,7 @@ def reconstruct_and_repair(loaded: LoadedModel, analysis: ChannelAnalysis, resul
     base, notes, summary = rc.model, [rc.note], rc.to_dict()
     if descent and check_feeds:
         fitted = [(ly.y, ly.junction, ly.last) for ly in _layers(loaded, analysis, rc.model, result.kept)]
-        # half the held-out batches choose the descent's step, the other half judge it
+        # half the held-out batches decide block by block, the other half whether the descent is kept at all
         stopping, judging = (check_feeds[0::2], check_feeds[1::2]) if len(check_feeds) > 1 else (check_feeds,) * 2
         d = run_descent(loaded, rc.model, analysis, result.kept, fitted, _batches_of(fit, names)[0],
                         result.macs[1], stopping=stopping, threads=threads)

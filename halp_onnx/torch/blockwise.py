@@ -47,8 +47,8 @@ class DescentResult:
     points: int
     steps: int
     seconds: float
-    loss_first: float  # mean loss over the first tenth of the steps
-    loss_last: float  # and over the last tenth
+    loss_first: float  # each block's mean loss over its first tenth of the steps, averaged over the blocks
+    loss_last: float  # and over its last tenth
     kept_back: int = 0  # blocks whose steps did no better on the held-out batches (their weights stay)
     checked: tuple[tuple[int, float], ...] = ()  # (block, its error on the held-out batches after)
     note: str = ""
@@ -147,7 +147,7 @@ def block_descent(model: onnx.ModelProto, points: Mapping[str, tuple[np.ndarray 
             return float(np.mean([float(error(run_to(x, end), want[end], end)) for x, want in held]))
 
     rng = np.random.default_rng(seed)
-    losses: list[float] = []
+    losses: list[list[float]] = []  # per block
     checked: list[tuple[int, float]] = []
     kept_back = 0
     try:
@@ -166,6 +166,7 @@ def block_descent(model: onnx.ModelProto, points: Mapping[str, tuple[np.ndarray 
             optimizer = schedule = None
             warm = max(1, int(steps * warmup))
             order: list[int] = []
+            losses.append([])
             for step in range(steps):
                 if not order:
                     order = list(rng.permutation(len(feeds)))
@@ -189,7 +190,7 @@ def block_descent(model: onnx.ModelProto, points: Mapping[str, tuple[np.ndarray 
                 optimizer.step()
                 assert schedule is not None
                 schedule.step()
-                losses.append(value)
+                losses[-1].append(value)
             if held and live:
                 err1 = held_error(end)
                 if not err1 < err0:  # no better on the held-out batches: the block keeps its weights
@@ -200,10 +201,14 @@ def block_descent(model: onnx.ModelProto, points: Mapping[str, tuple[np.ndarray 
                 checked.append((b, min(err0, err1)))
     finally:
         module.clear_tensor_hooks()
-    tenth = max(1, len(losses) // 10)
+    ran = [v for v in losses if v]
+
+    def tenths(first: bool) -> float:  # each block's first (last) tenth of the steps, averaged over the blocks
+        return float(np.mean([np.mean(v[:max(1, len(v) // 10)] if first else v[-max(1, len(v) // 10):])
+                              for v in ran])) if ran else 0.0
+
     with torch.no_grad():
         out = module.write_back()
     note = f"{kept_back} of {len(phases)} block(s) no better on the held-out batches, left as they were" if held else ""
-    return DescentResult(out, len(points), len(losses), time.perf_counter() - t0,
-                         float(np.mean(losses[:tenth])) if losses else 0.0,
-                         float(np.mean(losses[-tenth:])) if losses else 0.0, kept_back, tuple(checked), note)
+    return DescentResult(out, len(points), sum(len(v) for v in ran), time.perf_counter() - t0, tenths(True),
+                         tenths(False), kept_back, tuple(checked), note)
