@@ -281,7 +281,7 @@ dense 91.6%; the recipe as above on 9,000 of the same 10,000 images; measured wh
 - block-wise descent after the refit (`passes.descent`, the default since; compile 0.5, one-shot, from
   81.02% / 72.68%): the blocks trained in turn, each from the pruned stream towards the dense tensor at
   its end, 200 Adam steps per block at lr 3e-4 / 1e-3 / 3e-3 82.50% / 83.28% / 84.37%, 400 at 1e-3 84.96% /
-  75.46% (the default; 92 s); trained side by side instead (every block end detached, one summed loss,
+  75.46% (the default; 40 s, 92 s before the dense targets were cached); trained side by side instead (every block end detached, one summed loss,
   2,000 steps) at lr 1e-4 / 3e-4 / 1e-3 84.37% / 84.46% / 85.25% (76.13% JPEG), end to end (not detached)
   82.69%; after the recipe (side by side, lr 3e-4) 82.69% / 77.93% -> 84.66% / 79.21%. Side by side at lr
   1e-3 was run once on the held-out ResNet-56: its output error on held-out calibration batches rose from
