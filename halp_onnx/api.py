@@ -69,7 +69,12 @@ def prune(model: ModelSource, ratio: float, *, criterion: str = "l2", seed: int 
 def prune_result(run: PipelineRun) -> PruneResult:
     guards = run.get("guards")
     repaired = run.get("repaired")
-    return PruneResult(repaired.model if repaired is not None else run["rewritten"].model, run["loaded"],
+    from .passes.descent import with_block_ends
+
+    model = with_block_ends(run["loaded"], run["analysis"], run["rewritten"].kept,
+                            repaired.model if repaired is not None else run["rewritten"].model,
+                            run["rewritten"].macs[1])
+    return PruneResult(model, run["loaded"],
                        run["analysis"], run["rewritten"], run["verification"], dict(run.seconds),
                        tuple(guards.warnings) if guards is not None else (),
                        repaired.to_dict() if repaired is not None else None)

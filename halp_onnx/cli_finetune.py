@@ -53,6 +53,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="train a BN-folded graph with a BatchNorm after every Conv, initialised to the identity "
                         "on the training data and folded back into the weights on output (auto: graphs without "
                         "BatchNormalization nodes; all: also layers no BN follows in other graphs; off)")
+    p.add_argument("--block-stage", choices=("on", "off"), default="off",
+                   help="on: a student that halp-onnx prune/compile wrote (it carries its block ends) is first "
+                        "trained block by block towards --teacher on the data, one pass per block, kept only where "
+                        "held-out images say its output is closer to the teacher's (slower: several times the cost "
+                        "of one epoch); off (default): end-to-end steps only")
     p.add_argument("--kd-weight", type=float, default=1.0)
     p.add_argument("--ce-weight", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
@@ -145,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             mean=mean, std=std, amp=False if args.no_amp else None, device=args.device, seed=args.seed,
             holdout=args.holdout, clip_grad_norm=args.clip_grad_norm or None, max_steps=args.max_steps,
             checkpoint=args.checkpoint, resume=args.resume, num_workers=args.num_workers,
-            reinsert_bn=args.reinsert_bn)
+            reinsert_bn=args.reinsert_bn, block_stage=args.block_stage)
         info = init_distributed(args.device)
         t0 = time.perf_counter()
         result = finetune(student, onnx.load(args.teacher) if args.teacher else None, data, config,
@@ -160,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
             plan.stage_report(finetune_report(args, plan, student, result, data, config, mode))
         plan.say(f"fine-tuned {args.model} ({mode}): {result.steps} steps, {result.samples:,} images, "
                  f"{result.seconds:.1f}s")
+        if result.blocks is not None and result.blocks.get("ran"):
+            plan.say(result.blocks["note"])
         if result.initial_eval_top1 is not None and result.eval_top1 is not None:
             plan.say(f"held-out top-1: {100 * result.initial_eval_top1:.2f}% -> {100 * result.eval_top1:.2f}%")
         plan.commit()
@@ -184,7 +191,7 @@ def finetune_report(args, plan, student, result, data, config, mode) -> dict:
                   details={"teacher": args.teacher, "data": args.data, "images": len(data), "labeled": data.labeled,
                            "mode": mode, "config": config.to_dict(), "history": result.history,
                            "initial_eval_top1": result.initial_eval_top1, "eval_top1": result.eval_top1,
-                           "steps": result.steps, "samples": result.samples})
+                           "steps": result.steps, "samples": result.samples, "block_stage": result.blocks})
 
 
 def main(argv: list[str] | None = None) -> int:

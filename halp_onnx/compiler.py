@@ -16,6 +16,7 @@ from .passes.rewrite import RewriteResult
 from .passes.solve import Round
 from .passes.verify import VerifyResult
 from .pipeline import PIPELINE, PipelineConfig, PipelineRun
+from .passes.descent import with_block_ends
 from .pipeline.stages import final_choice
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def compile_result(run: PipelineRun) -> CompileResult:
     loaded, analysis, tl, plan = run["loaded"], run["analysis"], run["latency"], run["plan"]
     lm, blocks, cm = tl.model, tl.blocks, plan.cost
     selection, result = final_choice(run)
+    base_loaded, base_analysis = selection.base or (loaded, analysis)  # iterative HALP: its fine-tuned graph
     measured = run.get("measured")
     widths = selection.widths or plan.dense
     warn = list(tl.warnings)
@@ -198,7 +200,10 @@ def compile_result(run: PipelineRun) -> CompileResult:
 
         tradeoff = tradeoff_curve(run.config, plan, selection.orders, selection.values)
     return CompileResult(
-        model=run["repaired"].model if run.get("repaired") is not None else result.model, source=loaded.source, target=tl.target.name, label=lm.label, budget_ms=plan.budget.ms,
+        model=with_block_ends(base_loaded, base_analysis, result.kept,
+                              run["repaired"].model if run.get("repaired") is not None else result.model,
+                              result.macs[1]),
+        source=loaded.source, target=tl.target.name, label=lm.label, budget_ms=plan.budget.ms,
         latency_request=plan.budget.request, dense_predicted_ms=plan.dense_ms, predicted_ms=pred_after.total_ms,
         min_predicted_ms=plan.min_ms, dense_measured_ms=measured.dense_ms if measured else None,
         measured_ms=measured.ms if measured else None, groups=tuple(rows), importance=run["importance"],

@@ -166,7 +166,9 @@ DETAILS: dict[str, dict[str, Any]] = {
                           "config": _t(OBJ, "the fine-tuning configuration"), "history": _t(ARR, "one entry per epoch"),
                           "initial_eval_top1": _t(NUM, "held-out top-1 before", null=True),
                           "eval_top1": _t(NUM, "held-out top-1 after", null=True),
-                          "steps": _t(INT, "optimizer steps"), "samples": _t(INT, "images seen")},
+                          "steps": _t(INT, "optimizer steps"), "samples": _t(INT, "images seen"),
+                          "block_stage": _t(OBJ, "the block stage before the end-to-end steps: ran, kept, note, "
+                                                 "held-out output error before / after", null=True)},
                      required=("teacher", "data", "images", "labeled", "config", "history", "steps", "samples")),
 }
 

@@ -11,6 +11,11 @@ ends of its blocks are and how many steps it gets (the training itself: :mod:`ha
   :data:`MAC_BUDGET` (at batch 32: ResNet-56 compiled to 0.5 gets 190 per block, a ResNet-50 at 224
   px too few to run); under :data:`MIN_STEPS` it is not run.
 * torch is optional: without it the pass is skipped and says so.
+* **Carried in the output** (:func:`annotate`, :func:`block_ends_of`): ``prune`` and ``compile`` write the
+  points into the pruned model's ``metadata_props`` (key :data:`METADATA_KEY`: per point its tensor, channel
+  axis and the dense channels kept there as a hex bit mask), so that ``finetune --teacher <dense model>``
+  can run the same descent on its training data before the end-to-end steps
+  (:mod:`halp_onnx.torch.finetune.blocks`).
 
 The caller (:func:`.reconstruct.reconstruct_and_repair`) holds calibration batches out of it: half
 decide, block by block, whether its steps are kept (a block that does no better there keeps its
@@ -18,6 +23,7 @@ weights), the other half whether the result is kept at all (only where it brings
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,6 +37,7 @@ from .load import LoadedModel
 from .repair import _kept_positions, _Runner
 
 STAGE = "reconstruct"
+METADATA_KEY = "halp_onnx.block_ends"
 STEPS = 400  # per block, the default; the tests run fewer
 MAC_BUDGET = 4e12  # forward multiply-accumulates over all steps
 MIN_STEPS = 20
@@ -78,6 +85,76 @@ def descent_points(loaded: LoadedModel, model: onnx.ModelProto, analysis: Channe
     return out
 
 
+def _mask_hex(keep: np.ndarray) -> str:
+    return np.packbits(keep.astype(np.uint8)).tobytes().hex()
+
+
+def annotate(model: onnx.ModelProto, points: dict[str, tuple[np.ndarray | None, int]], output: str,
+             macs: int) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``metadata_props`` carry the block ends ``points``, the dense model's
+    ``output`` and the pruned model's forward ``macs`` (see the module docstring; an earlier entry under
+    :data:`METADATA_KEY` is replaced; no points: the copy has none)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep_props = [(p.key, p.value) for p in out.metadata_props if p.key != METADATA_KEY]
+    del out.metadata_props[:]
+    for k, v in keep_props:
+        out.metadata_props.add(key=k, value=v)
+    if points:
+        rows = [[t, int(axis), None if keep is None else [int(keep.size), _mask_hex(keep)]]
+                for t, (keep, axis) in points.items()]
+        out.metadata_props.add(key=METADATA_KEY, value=json.dumps({"version": 1, "output": output, "macs": int(macs), "points": rows},
+                                                                  separators=(",", ":")))
+    return out
+
+
+def block_ends_of(model: onnx.ModelProto) -> tuple[dict[str, tuple[np.ndarray | None, int]], str, int] | None:
+    """What :func:`annotate` wrote into ``model`` (the block ends, the dense model's output name, the
+    MACs), or None when it carries none; a malformed entry is an error naming the key."""
+    raw = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    if raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+        points: dict[str, tuple[np.ndarray | None, int]] = {}
+        for t, axis, mask in d["points"]:
+            keep = None
+            if mask is not None:
+                n, hexed = int(mask[0]), str(mask[1])
+                keep = np.unpackbits(np.frombuffer(bytes.fromhex(hexed), dtype=np.uint8))[:n].astype(bool)
+                if keep.size != n:
+                    raise ValueError(f"{t}: mask of {keep.size} bits for {n} channels")
+            points[str(t)] = (keep, int(axis))
+        return points, str(d["output"]), int(d["macs"])
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise HalpError(f"the model's metadata '{METADATA_KEY}' is malformed ({exc})", stage=STAGE) from None
+
+
+def with_block_ends(loaded: LoadedModel, analysis: ChannelAnalysis, kept: np.ndarray, model: onnx.ModelProto,
+                    macs: int) -> onnx.ModelProto:
+    """``model`` (pruned from ``loaded``, keeping ``kept``; ``macs`` forward) annotated with its residual
+    junctions' block ends (:func:`annotate`; a graph without junctions carries none)."""
+    return annotate(model, descent_points(loaded, model, analysis, kept, ()), loaded.model.graph.output[0].name,
+                    macs)
+
+
+class DenseTargets:
+    """``(batch, tensor) -> the dense model's tensor``, by onnxruntime on the part of the graph that tensor
+    needs; the session of the last tensor asked for is kept (the descent asks for one block end after
+    another), so a block's targets cost the dense model up to that block, not all of it."""
+
+    def __init__(self, model: onnx.ModelProto, threads: int = 0):
+        self.model, self.threads = model, threads
+        self._name: str | None = None
+        self._runner: _Runner | None = None
+
+    def __call__(self, feed: dict[str, np.ndarray], name: str) -> np.ndarray:
+        if name != self._name or self._runner is None:
+            self._runner = _Runner(self.model, [name], self.threads, only_extra=True)
+            self._name = name
+        return self._runner.run(feed)[name]
+
+
 def descent_steps(macs: int, batch: int, blocks: int, steps: int | None = None) -> int:
     """The steps per block a model of ``macs`` forward MACs per sample and ``blocks`` blocks (the head
     included) gets at ``batch`` (see the module docstring)."""
@@ -103,10 +180,9 @@ def run_descent(loaded: LoadedModel, model: onnx.ModelProto, analysis: ChannelAn
     except ImportError as exc:
         return DescentOutcome(None, f"block descent: skipped, it needs PyTorch ({exc})")
     output = loaded.model.graph.output[0].name
-    dense = _Runner(loaded.model, [*points, output], threads, only_extra=True)
     try:
-        res = block_descent(model, points, feeds, dense.run, output, steps=n, lr=lr, threads=threads, seed=seed,
-                            stopping=stopping)
+        res = block_descent(model, points, feeds, DenseTargets(loaded.model, threads), output, steps=n, lr=lr,
+                            threads=threads, seed=seed, stopping=stopping)
     except HalpError as exc:
         return DescentOutcome(None, f"block descent: left out, {exc}")
     back = f", {res.note}" if res.note else ""

@@ -39,7 +39,7 @@ from .executor import OnnxModule
 STAGE = "reconstruct"
 CACHE_BYTES = 512 << 20  # a block end's dense tensors over all batches are kept in memory up to this
 
-Targets = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+Targets = Callable[[dict[str, np.ndarray], str], np.ndarray]  # (batch, point or output) -> the dense tensor
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ def block_descent(model: onnx.ModelProto, points: Mapping[str, tuple[np.ndarray 
     """Train ``model``'s float weights (a copy; ``model`` is not modified) by block-wise descent.
 
     ``points``: tensor name -> (the dense channels the pruned tensor keeps, a bool mask or None for all;
-    the channel axis); ``feeds``: calibration batches (input name -> array); ``targets(feed)``: the dense
-    model's tensors at every point and at ``output`` for that batch; ``output``: the graph output the
+    the channel axis); ``feeds``: calibration batches (input name -> array); ``targets(feed, name)``: the dense
+    model's tensor at a point or at ``output`` for that batch (asked for one point after another); ``output``: the graph output the
     last block (the head) is trained on; ``steps``: per block. ``stopping``: batches held out of the
     training, on which each block's error is measured before and after its steps; a block that ends no
     better there keeps its weights. See the module docstring."""
@@ -104,7 +104,7 @@ def block_descent(model: onnx.ModelProto, points: Mapping[str, tuple[np.ndarray 
     out_pos = module.output_names.index(output)
 
     def dense_of(feed: dict[str, np.ndarray], name: str) -> torch.Tensor:
-        v = torch.from_numpy(np.ascontiguousarray(targets(feed)[name], dtype=np.float32))
+        v = torch.from_numpy(np.ascontiguousarray(targets(feed, name), dtype=np.float32))
         idx = index[name][0] if name in index else None
         return v if idx is None else v.index_select(index[name][1], idx)
 

@@ -38,9 +38,14 @@ Data parallel: launched by ``torchrun`` (``WORLD_SIZE > 1``) the process group i
 writes checkpoints (and, in the CLI, the output model). Callbacks run on every rank and must act
 the same on all of them.
 
+Block stage (``block_stage="on"``, off by default): a student that ``prune``/``compile`` wrote carries its
+block ends; it is first trained block by block towards the teacher on the training data, one pass per
+block (:mod:`.blocks`), and kept only where held-out images say its output moved closer.
+
 Layout: :mod:`.config` (options, result, LR schedule), :mod:`.distributed` (torchrun helpers),
 :mod:`.data` (models' inputs, data coercion, batch preparation and augmentation), :mod:`.checkpoint`
-(atomic save, state, resume), :mod:`.trainer` (:class:`Trainer`), :mod:`.loop` (:func:`finetune`).
+(atomic save, state, resume), :mod:`.trainer` (:class:`Trainer`), :mod:`.loop` (:func:`finetune`),
+:mod:`.blocks` (the block stage).
 """
 from __future__ import annotations
 

@@ -67,6 +67,7 @@ class FinetuneConfig:
     log_every: int = 10                 # steps between progress-bar updates (each syncs the device)
     reinsert_bn: str = "auto"           # "auto" (graphs without BN: a BN after every Conv, folded back) | "all" | "off"
     bn_calib_images: int = 1024         # training images (per process) that initialise the re-inserted BNs
+    block_stage: str = "off"            # "on": a student with block ends is first trained block by block (.blocks)
 
     def __post_init__(self) -> None:
         def bad(option: str, why: str) -> HalpError:
@@ -126,6 +127,8 @@ class FinetuneConfig:
             raise bad("reinsert_bn", "expected auto, all or off")
         if not (isinstance(self.bn_calib_images, int) and self.bn_calib_images >= 1):
             raise bad("bn_calib_images", "must be a positive integer")
+        if self.block_stage not in ("on", "off"):
+            raise bad("block_stage", "expected on or off")
 
     @property
     def learning_rate(self) -> float:
@@ -160,7 +163,8 @@ class FinetuneConfig:
 class FinetuneResult:
     """``model``: the tuned ONNX model; ``history``: one dict per epoch (epoch, steps, loss, kd, ce,
     and any extra loss terms, lr, throughput in img/s, seconds, eval_top1 or None);
-    ``initial_eval_top1``: held-out top-1 before training (None without an eval set)."""
+    ``initial_eval_top1``: held-out top-1 before training (None without an eval set); ``blocks``: what
+    the block stage did, or why it did not run (:mod:`.blocks`)."""
 
     model: onnx.ModelProto
     history: list[dict] = field(default_factory=list)
@@ -168,6 +172,7 @@ class FinetuneResult:
     samples: int = 0
     steps: int = 0
     initial_eval_top1: float | None = None
+    blocks: dict | None = None
 
     @property
     def eval_top1(self) -> float | None:

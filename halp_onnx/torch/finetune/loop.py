@@ -10,12 +10,14 @@ import time
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from halp_onnx.data import ImageData, split
 from halp_onnx.errors import HalpError
 
 from ..executor import OnnxModule
+from .blocks import block_stage
 from .config import STAGE, FinetuneConfig, FinetuneResult
 from .data import _as_data, _input_dims, _load_onnx, static_input_size
 from .distributed import _all_reduce_sum, init_distributed
@@ -120,6 +122,16 @@ def finetune(student: Any, teacher: Any, data: Any, config: FinetuneConfig | Non
     bs = cfg.batch_size
     steps_per_epoch = max(1, per_rank // bs) if per_rank >= bs else 1
 
+    blocks: dict | None = None
+    if isinstance(student_proto, OnnxModule):
+        blocks = {"ran": False, "kept": False, "note": "block stage: skipped, the student is an OnnxModule"}
+    else:
+        if teacher is not None and not isinstance(teacher, OnnxModule):
+            teacher = _load_onnx(teacher, "teacher model")
+        student_proto, blocks = block_stage(student_proto, teacher if isinstance(teacher, onnx.ModelProto) else None,
+                                            train, held, cfg)
+        if blocks.get("ran") and progress and info.is_main:
+            print(blocks["note"], file=sys.stderr, flush=True)
     torch.manual_seed(cfg.seed)
     kwargs: dict[str, Any] = dict(steps_per_epoch=steps_per_epoch, dist_info=info)
     if cfg.resume:
@@ -215,4 +227,4 @@ def finetune(student: Any, teacher: Any, data: Any, config: FinetuneConfig | Non
         if trainer.bn_reinsertion is not None:
             trainer.bn_reinsertion.release()
     return FinetuneResult(model, list(trainer.history), time.perf_counter() - t_start,
-                          trainer.samples_seen, trainer.global_step, initial)
+                          trainer.samples_seen, trainer.global_step, initial, blocks)
