@@ -38,7 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RECONSTRUCT = True  # the pipeline's default (--no-reconstruct: the statistics repair alone)
-ROWS = ("dense", "prune", "compile-0.8", "compile-0.5", "dense-ft", "compile-0.5-3ep", "iterative-0.5")
+ROWS = ("dense", "prune", "compile-0.8", "compile-0.5", "dense-ft", "compile-0.5-3ep", "compile-0.5-blocks",
+        "iterative-0.5")
 
 
 def _data(args, work: Path) -> tuple[Path, Path]:
@@ -85,8 +86,14 @@ def _repair(run_or_prune, calib: Path) -> tuple:
         loaded, analysis, result = run_or_prune["loaded"], run_or_prune["analysis"], run_or_prune["result"]
     else:
         loaded, analysis, result = run_or_prune.loaded, run_or_prune.analysis, run_or_prune.rewrite
-    return reconstruct_and_repair(loaded, analysis, result, _calib_batches(calib), threads=1,
-                                  reconstruct_first=RECONSTRUCT)
+    from dataclasses import replace
+
+    from halp_onnx.passes.descent import with_block_ends
+
+    rp = reconstruct_and_repair(loaded, analysis, result, _calib_batches(calib), threads=1,
+                                reconstruct_first=RECONSTRUCT)
+    # as prune / compile write it: with its block ends (for finetune --block-stage on)
+    return replace(rp, model=with_block_ends(loaded, analysis, result.kept, rp.model, result.macs[1]))
 
 
 def _save(model, path: Path) -> None:
@@ -193,6 +200,14 @@ def run_rows(args) -> int:
             if not start.exists():
                 raise SystemExit("compile-0.5-3ep needs the compile-0.5 row first")
             row = {"recipe": _recipe(args, start, dense, train, work / "compile-0.5-3ep.onnx", epochs=3)}
+        elif name == "compile-0.5-blocks":  # the same start, the recipe with fine-tuning's block stage first
+            start = work / "compile-0.5-repaired.onnx"
+            if not start.exists():
+                raise SystemExit("compile-0.5-blocks needs the compile-0.5 row first")
+            row = {"recipe": _recipe(args, start, dense, train, work / "compile-0.5-blocks.onnx",
+                                     extra=("--block-stage", "on"))}
+            rep = json.loads((work / "compile-0.5-blocks.report.json").read_text()) if not row["recipe"]["rc"] else {}
+            row["block_stage"] = rep.get("details", {}).get("block_stage")
         elif name.startswith("compile-"):
             lat = float(name.split("-")[1])
             c = _compile(args, dense, calib, lat)
@@ -351,6 +366,11 @@ def report(args) -> int:
         rec = rows["compile-0.5-3ep"]["recipe"]
         lat = f"{rows['compile-0.5']['measured_ratio']:.3f}" if rows.get("compile-0.5", {}).get("measured_ratio") else "-"
         add("compile 0.5 + repair + the recipe with --epochs 3 (not the recipe: for the trend)", lat, rec, dft or dense)
+    if "compile-0.5-blocks" in rows:
+        rec = rows["compile-0.5-blocks"]["recipe"]
+        lat = f"{rows['compile-0.5']['measured_ratio']:.3f}" if rows.get("compile-0.5", {}).get("measured_ratio") else "-"
+        stage = (rows["compile-0.5-blocks"].get("block_stage") or {}).get("note", "")
+        add(f"compile 0.5 + repair + the recipe with --block-stage on (not the default; {stage})", lat, rec, dft or dense)
     it = rows.get("iterative-0.5", {}).get("iterative")
     if it is not None:
         lat = f"{it['measured_ratio']:.3f}" if it.get("measured_ratio") else "-"
