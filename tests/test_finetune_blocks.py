@@ -104,6 +104,11 @@ def test_finetune_reports_the_block_stage_and_says_why_it_did_not_run():
                       (student, folded_resnet(3, blocks=2), "does not run with the student's block ends")]:
         got, info = block_stage(s, t, train, None, _cfg())
         assert got is s and not info["ran"] and why in info["note"], info["note"]
+    from halp_onnx.torch import OnnxModule
+
+    assert block_stage(student, OnnxModule(teacher), train, None, _cfg())[1]["ran"]  # a teacher module: its graph
+    got, info = block_stage(OnnxModule(student), teacher, train, None, _cfg())
+    assert isinstance(got, OnnxModule) and "the student is an OnnxModule" in info["note"]
     few = _as_data((x[:200], y[:200]), "data", None)
     assert "too few images" in block_stage(student, teacher, few, None, _cfg())[1]["note"]
     with pytest.raises(HalpError, match="block_stage"):

@@ -51,19 +51,26 @@ def _prepared(data: ImageData, idx: np.ndarray, cfg: FinetuneConfig) -> np.ndarr
     return np.ascontiguousarray((x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1))
 
 
-def block_stage(student: onnx.ModelProto, teacher: onnx.ModelProto | None, train: ImageData,
-                held: ImageData | None, cfg: FinetuneConfig) -> tuple[onnx.ModelProto, dict]:
-    """(the student after the stage, or as given; what happened): see the module docstring."""
+def block_stage(student: Any, teacher: Any, train: ImageData, held: ImageData | None,
+                cfg: FinetuneConfig) -> tuple[Any, dict]:
+    """(the student after the stage, or as given; what happened): see the module docstring. ``student``
+    and ``teacher``: ONNX models (an :class:`~halp_onnx.torch.OnnxModule` student is used as is; a
+    teacher module is read through its source graph); ``teacher`` None: no teacher."""
+    from ..executor import OnnxModule
     from halp_onnx.passes.descent import MIN_STEPS, DenseTargets, block_ends_of, descent_steps
     from halp_onnx.passes.reconstruct import _output_errors
 
     from ..blockwise import block_descent
 
-    def skipped(why: str) -> tuple[onnx.ModelProto, dict]:
+    def skipped(why: str) -> tuple[Any, dict]:
         return student, {"ran": False, "kept": False, "note": f"block stage: skipped, {why}"}
 
     if cfg.block_stage == "off":
         return skipped("--block-stage off (the default)")
+    if isinstance(student, OnnxModule):
+        return skipped("the student is an OnnxModule (it is trained as given)")
+    if isinstance(teacher, OnnxModule):
+        teacher = teacher._source_model
     if teacher is None:
         return skipped("it needs a teacher (--teacher)")
     if cfg.resume:

@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
 from halp_onnx.data import ImageData, split
@@ -122,16 +121,11 @@ def finetune(student: Any, teacher: Any, data: Any, config: FinetuneConfig | Non
     bs = cfg.batch_size
     steps_per_epoch = max(1, per_rank // bs) if per_rank >= bs else 1
 
-    blocks: dict | None = None
-    if isinstance(student_proto, OnnxModule):
-        blocks = {"ran": False, "kept": False, "note": "block stage: skipped, the student is an OnnxModule"}
-    else:
-        if teacher is not None and not isinstance(teacher, OnnxModule):
-            teacher = _load_onnx(teacher, "teacher model")
-        student_proto, blocks = block_stage(student_proto, teacher if isinstance(teacher, onnx.ModelProto) else None,
-                                            train, held, cfg)
-        if blocks.get("ran") and progress and info.is_main:
-            print(blocks["note"], file=sys.stderr, flush=True)
+    if teacher is not None and not isinstance(teacher, OnnxModule):
+        teacher = _load_onnx(teacher, "teacher model")  # once, for the block stage and the trainer
+    student_proto, blocks = block_stage(student_proto, teacher, train, held, cfg)
+    if blocks.get("ran") and progress and info.is_main:
+        print(blocks["note"], file=sys.stderr, flush=True)
     torch.manual_seed(cfg.seed)
     kwargs: dict[str, Any] = dict(steps_per_epoch=steps_per_epoch, dist_info=info)
     if cfg.resume:
