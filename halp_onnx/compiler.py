@@ -11,12 +11,12 @@ from typing import Any, Callable, Sequence
 import onnx
 
 from .budget import LatencyBudget
+from .passes.descent import with_block_ends
 from .passes.importance import Importance
 from .passes.rewrite import RewriteResult
 from .passes.solve import Round
 from .passes.verify import VerifyResult
 from .pipeline import PIPELINE, PipelineConfig, PipelineRun
-from .passes.descent import with_block_ends
 from .pipeline.stages import final_choice
 
 @dataclass(frozen=True)

@@ -24,13 +24,11 @@ images, top-1 exact 1,017 / JPEG 10,000, seeds 0 and 1:
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
-import onnx
 
-from halp_onnx.data import ImageData
+from halp_onnx.data import ImageData, to_nchw
 from halp_onnx.errors import HalpError
 
 from .config import FinetuneConfig
@@ -40,15 +38,8 @@ HELD_IMAGES = 512  # held-out images the stage uses at most (half stop block by 
 
 
 def _prepared(data: ImageData, idx: np.ndarray, cfg: FinetuneConfig) -> np.ndarray:
-    """uint8 N x H x W x C -> float32 N x C x H x W, normalised as ``Trainer.prepare`` does (no augmentation)."""
-    x = data.take(idx, cfg.num_workers).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    c = x.shape[1]
-    mean = np.asarray(cfg.mean, dtype=np.float32)
-    std = np.asarray(cfg.std, dtype=np.float32)
-    if mean.size not in (1, c) or std.size not in (1, c):
-        raise HalpError(f"--mean/--std have {mean.size}/{std.size} values but the images have {c} channels",
-                        stage="finetune")
-    return np.ascontiguousarray((x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1))
+    """The images at ``idx``, normalised as ``Trainer.prepare`` does (no augmentation)."""
+    return to_nchw(data.take(idx, cfg.num_workers), cfg.mean, cfg.std)
 
 
 def block_stage(student: Any, teacher: Any, train: ImageData, held: ImageData | None,
@@ -58,6 +49,7 @@ def block_stage(student: Any, teacher: Any, train: ImageData, held: ImageData | 
     teacher module is read through its source graph); ``teacher`` None: no teacher."""
     from ..executor import OnnxModule
     from halp_onnx.passes.descent import MIN_STEPS, DenseTargets, block_ends_of, descent_steps
+    from halp_onnx.passes.load import _real_inputs
     from halp_onnx.passes.reconstruct import _output_errors
 
     from ..blockwise import block_descent
@@ -81,10 +73,9 @@ def block_stage(student: Any, teacher: Any, train: ImageData, held: ImageData | 
     points, output, macs = ends
     if output not in {o.name for o in teacher.graph.output}:
         return skipped(f"the teacher has no output '{output}': it is not the model the student was pruned from")
-    inputs = [i.name for i in student.graph.input if i.name not in {t.name for t in student.graph.initializer}]
+    inputs = [i.name for i in _real_inputs(student)]
     if len(inputs) != 1:
         return skipped(f"the student has {len(inputs)} inputs")
-    t0 = time.perf_counter()
     rng = np.random.default_rng([cfg.seed, 104729])
     order = rng.permutation(len(train))
     n = descent_steps(macs, BATCH, len(points) + 1, -(-len(train) // BATCH))
@@ -114,7 +105,6 @@ def block_stage(student: Any, teacher: Any, train: ImageData, held: ImageData | 
             (f"held-out output error {e0:.4g} -> {e1:.4g}" if kept else
              f"left out: on the other held-out batches it moved the output away from the teacher's "
              f"({e0:.4g} -> {e1:.4g})"))
-    info: dict[str, Any] = {"ran": True, "kept": kept, "note": note, "error_before": e0, "error_after": e1,
-                            "seconds": round(time.perf_counter() - t0, 3), **res.to_dict()}
-    info["note"] = note
+    info: dict[str, Any] = {"ran": True, "kept": kept, "error_before": e0, "error_after": e1,
+                            **res.to_dict(), "note": note}  # seconds: the descent's
     return (res.model if kept else student), info
