@@ -99,7 +99,12 @@ def test_compile_ort_cpu_end_to_end_cli(mobilenet, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "measured latency" in text and "verified" in text and "knapsack: exact" in text
     report = json.loads(rep.read_text())
-    assert report["latency"]["predicted_ms"] <= report["budget"]["budget_ms"] * (1 + 1e-9)
+    # the closed loop re-solves with the knapsack budget rescaled by the measured miss: where the first
+    # solution ran faster than the target, the one it keeps may be predicted above the nominal budget,
+    # but never above the budget it was solved for
+    solved = [c["knapsack_budget_ms"] for c in report["details"]["solver"]["calibration"]]
+    assert solved[0] == pytest.approx(report["budget"]["budget_ms"])
+    assert any(report["latency"]["predicted_ms"] <= b * (1 + 1e-9) for b in solved)
     assert report["latency"]["measured_ms"] > 0 and report["latency"]["label"] == "measured"
     assert report["seconds"]["select"] >= 0 and "verify" in report["seconds"]
     assert "<svg" in page.read_text()  # charts drawn as inline SVG
