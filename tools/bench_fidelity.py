@@ -393,7 +393,8 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse per-model results already in --work")
     ap.add_argument("--transfer-from", default=None, help="a profile of another CPU / onnxruntime to transfer")
     ap.add_argument("--transfer-models", default="resnet18", help="models the transfer is measured on")
-    ap.add_argument("--append", default=None, help="a markdown file appended to <out>.md (timings measured apart)")
+    ap.add_argument("--append", default=str(Path(__file__).with_name("fidelity_notes.md")),
+                    help="a markdown file appended to <out>.md (timings measured apart; default tools/fidelity_notes.md)")
     args = ap.parse_args()
     zoo = Path(args.zoo)
     zoo.mkdir(parents=True, exist_ok=True)
