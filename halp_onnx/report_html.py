@@ -34,9 +34,9 @@ def tradeoff_curve(cfg, plan, orders: dict, values: dict, points: int = TRADEOFF
     from .passes.latency_cost import total_latency
     from .pipeline.stages import solve_budget
 
-    cm = plan.cost
-    if not cm.choices or not orders or not values:
+    if not plan.cost.choices or not orders or not values:
         return ()
+    cm = plan.cost.with_orders(orders)  # as solve_budget prices the widths
     lo, hi = float(plan.min_ms), float(plan.dense_ms)
     budgets = sorted({*(np.linspace(lo, hi, points).tolist() if hi > lo else [hi]), float(plan.budget.ms)})
     index = {g: {w: j for j, w in enumerate(ch.widths)} for g, ch in cm.choices.items()}

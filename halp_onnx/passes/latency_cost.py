@@ -18,6 +18,7 @@ cost more than the dense layer).
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
@@ -32,20 +33,41 @@ STAGE = "latency-cost"
 
 @dataclass(frozen=True)
 class Side:
-    """Width of one side of a block as a function of group widths: fixed + sum(count_g * w_g / size_g)."""
+    """Width of one side of a block as a function of group widths: fixed + sum(count_g * w_g / size_g),
+    or, once the groups' importance orders are known (:meth:`CostModel.with_orders`), the count of the
+    side's own channels among each group's ``w_g`` most important: a group whose channels lie unevenly on
+    several tensors (a split after a channel shuffle, a concat) does not shrink each of them in
+    proportion, and the rewrite removes exactly the channels the order puts last."""
 
     fixed: int
     counts: tuple[tuple[int, int], ...]  # (group id, positions of that group on this side)
+    members: tuple[tuple[int, ...], ...] = ()  # per count: the group's channel indices at those positions
+    ranks: tuple[tuple[int, ...], ...] = ()  # per count: their places in the group's order, ascending
 
     def width(self, widths: dict[int, int], sizes: dict[int, int]) -> int:
         total = self.fixed
-        for g, n in self.counts:
+        for i, (g, n) in enumerate(self.counts):
             w = widths.get(g, sizes[g])
-            total += n if w == sizes[g] else int(round(n * w / sizes[g]))
+            if w == sizes[g]:
+                total += n
+            elif self.ranks and self.ranks[i]:
+                r = self.ranks[i]
+                total += int(round(n * bisect.bisect_left(r, w) / len(r)))
+            else:
+                total += int(round(n * w / sizes[g]))
         return total
 
     def groups(self) -> tuple[int, ...]:
         return tuple(g for g, _ in self.counts)
+
+    def ordered(self, rank_of: dict[int, np.ndarray]) -> "Side":
+        """This side priced by the groups' orders (``rank_of[g][channel index]``: its place, most
+        important first); groups without an order keep the proportional rule."""
+        if not self.members:
+            return self
+        ranks = tuple(tuple(sorted(int(rank_of[g][m]) for m in mem)) if g in rank_of else ()
+                      for (g, _), mem in zip(self.counts, self.members))
+        return replace(self, ranks=ranks)
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,19 @@ class CostModel:
         """The groups that go with the groups ``widths`` removes (their shadows)."""
         return {w for g, ws in self.shadow.items() if widths.get(g) == 0 for w in ws}
 
+    def with_orders(self, orders: dict[int, np.ndarray]) -> "CostModel":
+        """This cost model with every block's widths counted from the groups' importance orders
+        (``orders[g]``: the group's channel indices, most important first; a width ``w`` keeps the first
+        ``w``), so its prediction is the rewritten model's (:class:`Side`)."""
+        rank_of = {}
+        for g, order in orders.items():
+            if g in self.sizes:
+                r = np.empty(self.sizes[g], dtype=np.int64)
+                r[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+                rank_of[g] = r
+        return replace(self, blocks=tuple(replace(bc, c_in=bc.c_in.ordered(rank_of), c_out=bc.c_out.ordered(rank_of))
+                                          for bc in self.blocks))
+
 
 def _side(analysis: ChannelAnalysis, tensor: str, dense: int, prunable: set[int]) -> Side:
     lab = analysis.labels.get(tensor)
@@ -98,7 +133,7 @@ def _side(analysis: ChannelAnalysis, tensor: str, dense: int, prunable: set[int]
     flat = lab.ids.reshape(-1) if spread else ids
     valid = flat[flat >= 0]
     groups = analysis.channel_group[valid]
-    counts = []
+    counts, members = [], []
     moving = 0
     for g in np.unique(groups):
         if int(g) not in prunable:
@@ -107,8 +142,9 @@ def _side(analysis: ChannelAnalysis, tensor: str, dense: int, prunable: set[int]
         if spread:  # channels spread over positions: scale to the dense width
             n = int(round(dense * n / flat.size))
         counts.append((int(g), n))
+        members.append(tuple(int(i) for i in analysis.channel_index[valid[groups == g]]))
         moving += n
-    return Side(dense - moving, tuple(counts))
+    return Side(dense - moving, tuple(counts), tuple(members))
 
 
 def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of, *, min_keep: float = 0.1,

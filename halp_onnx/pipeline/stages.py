@@ -132,8 +132,9 @@ def _importance(cfg: PipelineConfig, r: Results) -> Importance:
 
 
 def solve_budget(cfg: PipelineConfig, plan: BudgetPlan, orders: dict, values: dict, budget_ms: float) -> Selection:
-    """One knapsack solve (with width rounds) for ``budget_ms``, as a Selection."""
-    cm = plan.cost
+    """One knapsack solve (with width rounds) for ``budget_ms``, as a Selection; blocks priced at the
+    widths the importance ``orders`` leave them (``CostModel.with_orders``)."""
+    cm = plan.cost.with_orders(orders) if orders else plan.cost
     rounds: list[Round]
     if budget_ms >= plan.dense_ms:
         widths, rounds, stats = dict(plan.dense), [], {"solver": cfg.solver, "rounds": 0,
@@ -185,10 +186,11 @@ def solve_live(cfg: PipelineConfig, plan: BudgetPlan, loaded: LoadedModel, analy
         sel = solve_budget(cfg, plan, orders, trimmed, budget_ms)
     if pinned:
         widths = dict(sel.widths or {})
-        pred = total_latency(plan.cost, widths, plan.block_ms, plan.overhead_ms)
+        ordered = plan.cost.with_orders(orders)
+        pred = total_latency(ordered, widths, plan.block_ms, plan.overhead_ms)
         if pred > budget_ms * (1 + 1e-6):
             smallest = {g: ch.widths[0] for g, ch in plan.cost.choices.items()}
-            floor = total_latency(plan.cost, smallest, plan.block_ms, plan.overhead_ms)
+            floor = total_latency(ordered, smallest, plan.block_ms, plan.overhead_ms)
             raise HalpError(f"{loaded.source}: latency budget {budget_ms:.4g} ms cannot be met with the outputs "
                             f"still depending on the inputs: keeping the branches they need ({len(pinned)} "
                             f"group(s)), the smallest achievable is {floor:.4g} ms "

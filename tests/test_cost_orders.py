@@ -1,0 +1,80 @@
+"""The knapsack's block widths follow the importance order: a group whose channels lie unevenly on
+several tensors (a channel split, ShuffleNet's split after the shuffle) loses them where its least
+important channels are, not in proportion, and the cost model must price what the rewrite builds."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from halp_onnx import inspect
+from halp_onnx.builder import GraphBuilder
+from halp_onnx.passes.latency_cost import build_cost_model, ranked_values
+from halp_onnx.passes.rewrite import rewrite
+from halp_onnx.profiles.blocks import block_widths, model_blocks
+
+from graph_helpers import group_of
+
+
+def _split_model() -> tuple[onnx.ModelProto, str]:
+    """conv 3->8, its channels split 0-3 / 4-7 into two convs (4->6 each), summed, then a head."""
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 8, 8])
+    a = b.op("Relu", [b.conv(x, 3, 8)])
+    lo = b.op("Slice", [a, b.const(np.array([0], np.int64)), b.const(np.array([4], np.int64)),
+                        b.const(np.array([1], np.int64))])
+    hi = b.op("Slice", [a, b.const(np.array([4], np.int64)), b.const(np.array([8], np.int64)),
+                        b.const(np.array([1], np.int64))])
+    s = b.op("Add", [b.op("Relu", [b.conv(lo, 4, 6)]), b.op("Relu", [b.conv(hi, 4, 6)])])
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [s])], axis=1)
+    b.nodes.append(onnx.helper.make_node("Gemm", [y, b.weight((5, 6)), b.const(np.zeros(5, np.float32))], ["y"],
+                                         name="head", transB=1))
+    b.output("y")
+    return b.model(), a
+
+
+def test_ordered_widths_are_the_rewritten_models():
+    model, a = _split_model()
+    loaded, analysis = inspect(model)
+    blocks = model_blocks(loaded, analysis)
+    cm = build_cost_model(analysis, blocks, lambda sig: 1, min_keep=0.1, monotone=False)
+    g = group_of(analysis, a).id
+    members = np.nonzero(analysis.channel_group == g)[0]
+    scores = np.zeros(len(analysis.channel_group))
+    # the first half (channels 0-3, the first Slice's) far more important than the second
+    scores[members] = np.where(analysis.channel_index[members] < 4, 10.0, 1.0) + 0.01 * analysis.channel_index[members]
+    order, _ = ranked_values(analysis, scores, cm.choices[g])
+    ordered = cm.with_orders({g: order})
+    mismatch_proportional = 0
+    for w in cm.choices[g].widths:
+        if w == 0:
+            continue
+        keep = {g: np.sort(order[:w])} if w < cm.choices[g].size else {}
+        kept = rewrite(loaded, analysis, keep, check=False).kept
+        for plain, bc in zip(cm.blocks, ordered.blocks):
+            assert ordered.alive_widths(bc, {g: w}) == block_widths(analysis, kept, bc.block), (w, bc.block.node)
+            mismatch_proportional += cm.alive_widths(plain, {g: w}) != block_widths(analysis, kept, bc.block)
+    # in proportion, keeping 4 of 8 would halve both Slices' consumers; the order keeps the first whole
+    assert mismatch_proportional > 0
+    i = next(i for i, bc in enumerate(cm.blocks) if bc.c_in.groups() == (g,) and max(bc.c_in.members[0]) < 4)
+    assert ordered.alive_widths(ordered.blocks[i], {g: 4})[0] == 4 and cm.alive_widths(cm.blocks[i], {g: 4})[0] == 2
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet"])
+def test_ordered_widths_on_the_examples(name):
+    """Random orders and widths on the built-in examples (a zero-padded shortcut, depthwise convs and
+    squeeze-excitation): every block's widths are the rewritten model's."""
+    from halp_onnx.examples import example
+
+    loaded, analysis = inspect(example(name))
+    blocks = model_blocks(loaded, analysis)
+    cm = build_cost_model(analysis, blocks, lambda sig: 1, monotone=False)
+    rng = np.random.default_rng(0)
+    orders = {g: rng.permutation(ch.size) for g, ch in cm.choices.items()}
+    ordered = cm.with_orders(orders)
+    for _ in range(4):
+        widths = {g: int(rng.choice([w for w in ch.widths if w > 0])) for g, ch in cm.choices.items()}
+        keep = {g: np.sort(orders[g][:w]) for g, w in widths.items() if w < cm.choices[g].size}
+        kept = rewrite(loaded, analysis, keep, check=False).kept
+        for bc in ordered.blocks:
+            assert ordered.alive_widths(bc, widths) == block_widths(analysis, kept, bc.block), bc.block.node
