@@ -197,6 +197,42 @@ def test_fit_recovers_the_staircase_and_its_step():
     json.dumps(fit)  # stored in the profile as is
 
 
+def test_fit_ignores_points_no_event_reached():
+    """A compute block measured at 0 ms in some run (none of the profiler's events mapped to it) would,
+    on relative error, outweigh every real point: the fit is the one without such points."""
+    rng = np.random.default_rng(1)
+    pts = {}
+    for _ in range(40):
+        ci, co = int(rng.integers(4, 65)), int(rng.integers(4, 65))
+        pts[(ci, co)] = _staircase(ci, co) * (1 + 0.01 * rng.standard_normal())
+    clean = fit_points(CONV, pts, RULE)
+    holed = fit_points(CONV, {**pts, (40, 60): 0.0, (12, 64): 0.0}, RULE)
+    assert holed == clean
+    for ci, co in ((64, 64), (20, 33), (7, 50)):
+        assert evaluate(holed, ci, co) == pytest.approx(_staircase(ci, co), rel=0.05)
+
+
+def test_fit_never_goes_below_nothing_within_the_table():
+    """Points of large widths only (another model's, sharing the signature) whose free line crosses
+    zero before the smallest widths: refitted with no coefficient below zero, every width costs time
+    and more channels never cost less."""
+    rng = np.random.default_rng(2)
+    pts = {}
+    for _ in range(30):  # large widths only, on a line through -0.2 ms at no channels
+        ci, co = int(rng.integers(400, 513)), int(rng.integers(150, 257))
+        pts[(ci, co)] = (4e-6 * ci * co - 0.2) * (1 + 0.02 * rng.standard_normal())
+    free = np.linalg.lstsq(np.array([[1, pad(ci), pad(co), pad(ci) * pad(co)] for ci, co in pts], float),
+                           np.array(list(pts.values())), rcond=None)[0]
+    assert free[0] < 0  # the case: the free line is below nothing at the smallest widths
+    fit = fit_points(CONV, pts, RULE)
+    for cls in fit["classes"].values():
+        assert min(cls["coef"]) >= 0
+    grid = [(ci, co) for ci in (1, 16, 64, 256, 512) for co in (1, 16, 64, 256)]
+    assert all(evaluate(fit, ci, co) > 1e-4 for ci, co in grid if layout_class("conv", RULE, ci, co) == "nchwc")
+    for ci in (16, 64, 256):
+        assert evaluate(fit, ci, 256) >= evaluate(fit, ci, 16)
+
+
 def test_fitted_table_round_trips_with_point_sources():
     from halp_onnx.profiles.table import LatencyTable
 

@@ -147,6 +147,35 @@ def _solve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return coef, float(np.sqrt(np.mean(((pred - y) / np.maximum(y, MIN_MS)) ** 2)))
 
 
+def _nonnegative(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """:func:`_solve` with every coefficient >= 0 (a kernel's time never falls as a width grows, and
+    is never below nothing): exact over the few regressors, every subset of them tried, the best
+    feasible kept."""
+    best: tuple[np.ndarray, float] | None = None
+    p = x.shape[1]
+    floor = np.maximum(y, MIN_MS)  # a glue op's time less the per-node correction can read below zero
+    for mask in range(1, 2 ** p):
+        cols = [j for j in range(p) if mask >> j & 1]
+        sub, _ = _solve(x[:, cols], floor)
+        if (sub < 0).any():
+            continue
+        coef = np.zeros(p)
+        coef[cols] = sub
+        pred = np.maximum(x @ coef, MIN_MS)
+        err = float(np.sqrt(np.mean(((pred - y) / np.maximum(y, MIN_MS)) ** 2)))
+        if best is None or err < best[1]:
+            best = (coef, err)
+    assert best is not None  # one non-negative regressor alone always fits positive times non-negatively
+    return best
+
+
+def _corners(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: int) -> np.ndarray:
+    """The regressors at the corners of the widths the table spans, from one channel up: where a
+    model linear in ``c_in``, ``c_out`` and their product is smallest."""
+    ci_hi, co_hi = max(ci for ci, _, _ in pts), max(co for _, co, _ in pts)
+    return np.stack([features(kind, cls, ci, co, quant) for ci in (1, ci_hi) for co in (1, co_hi)])
+
+
 def _fit_class(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: int) -> tuple[list[float], float]:
     x = np.stack([features(kind, cls, ci, co, quant) for ci, co, _ in pts])
     y = np.asarray([t for _, _, t in pts])
@@ -159,6 +188,10 @@ def _fit_class(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: in
         pred = np.maximum(x @ coef, MIN_MS)
         return coef.tolist(), float(np.sqrt(np.mean(((pred - y) / np.maximum(y, MIN_MS)) ** 2)))
     coef, err = _solve(x, y)
+    if (_corners(kind, cls, pts, quant) @ coef < MIN_MS).any():
+        # the free fit goes below nothing somewhere in the table (points of large widths from other
+        # models sharing the signature, extrapolated down): refit with no coefficient below zero
+        coef, err = _nonnegative(x, y)
     return coef.tolist(), err
 
 
@@ -167,6 +200,10 @@ def fit_points(sig: BlockSignature, points: Mapping[tuple[int, int], float], rul
     kind = kind_of(sig)
     cpg = sig.channels_per_group or 1
     by_cls: dict[str, list[tuple[int, int, float]]] = {}
+    if kind != "memory" and any(t >= MIN_MS for t in points.values()):
+        # a compute kernel never runs in no time: such a point is a block that none of the profiler's
+        # events reached in that run, and on relative error it would outweigh every other point
+        points = {p: t for p, t in points.items() if t >= MIN_MS}
     for (ci, co), t in points.items():
         by_cls.setdefault(layout_class(kind, rule, ci, co, cpg), []).append((ci, co, float(t)))
     fits: dict[int, dict[str, Any]] = {}
