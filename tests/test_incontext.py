@@ -246,6 +246,31 @@ def test_fitted_table_round_trips_with_point_sources():
 
 
 # ---------------------------------------------------------------------------------------- profiling
+def _one_conv(c_in: int, c_mid: int) -> onnx.ModelProto:
+    from halp_onnx.builder import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.input("x", [1, c_in, 8, 8])
+    h = b.op("Relu", [b.conv(x, c_in, c_mid, k=1)])
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [b.op("Relu", [b.conv(h, c_mid, 6, k=3)])])], axis=1)
+    b.nodes.append(helper.make_node("Gemm", [y, b.weight((3, 6)), b.const(np.zeros(3, np.float32))], ["y"],
+                                    name="head", transB=1))
+    b.output("y")
+    return b.model()
+
+
+def test_a_table_two_models_share_answers_both(profile_dir):
+    """Two models with a block of the same signature at other widths (32 -> 8 and 8 -> 32 channels):
+    profiling the second widens the shared table instead of replacing its domain, so neither model
+    is profiled again."""
+    a, b = inspect(_one_conv(32, 8)), inspect(_one_conv(8, 32))
+    for loaded, an in (a, b):
+        latency_model(loaded, an, "ort-cpu", measure=True)
+    for loaded, an in (a, b):
+        run = latency_model(loaded, an, "ort-cpu", measure=False)  # raises where a signature is not covered
+        assert run.new_points == 0
+
+
 def test_in_context_profile_labels_every_table_and_point(profile_dir):
     loaded, an = inspect(example("resnet"))
     run = latency_model(loaded, an, "ort-cpu", measure=True)

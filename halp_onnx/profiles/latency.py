@@ -467,6 +467,11 @@ def _measure_in_context(prof: Profile, path, loaded: LoadedModel, analysis: Chan
         if old is not None and not remeasure and old.fit:  # a larger domain: keep the earlier model's points
             table.points.update({k: v for k, v in old.points.items() if old.sources.get(k) == "incontext"})
             table.sources.update({k: "incontext" for k in table.points})
+            # and its widths: the table answers both models (one model's domain replacing the other's
+            # made the two re-profile each other in turn)
+            table.vary_in = table.vary_in or old.vary_in or old.c_in_max != table.c_in_max
+            table.vary_out = table.vary_out or old.vary_out or old.c_out_max != table.c_out_max
+            table.c_in_max, table.c_out_max = max(table.c_in_max, old.c_in_max), max(table.c_out_max, old.c_out_max)
         ic.fitted_table(table, BlockSignature.from_key(key), got, rule)
         new += len(got)
         prof.tables[key] = table
