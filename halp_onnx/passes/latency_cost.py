@@ -65,7 +65,7 @@ class Side:
         important first); groups without an order keep the proportional rule."""
         if not self.members:
             return self
-        ranks = tuple(tuple(sorted(int(rank_of[g][m]) for m in mem)) if g in rank_of else ()
+        ranks = tuple(tuple(np.sort(rank_of[g][np.asarray(mem, dtype=np.int64)]).tolist()) if g in rank_of else ()
                       for (g, _), mem in zip(self.counts, self.members))
         return replace(self, ranks=ranks)
 
