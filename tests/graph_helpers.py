@@ -1,6 +1,6 @@
 """Helpers the hand-built graph tests share (test_graphs_cnn, test_graphs_transformer, test_patterns,
 test_gpu_fusion): node names from the builder's tensor names, the group a tensor's channels belong to,
-small constants, SiLU, and prune-rewrite-verify."""
+small constants, SiLU, a classifier head, and prune-rewrite-verify."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,6 +36,16 @@ def small(b: GraphBuilder, shape, scale: float = 0.1, offset: float = 0.0) -> st
 
 def silu(b: GraphBuilder, x: str) -> str:
     return b.op("Mul", [x, b.op("Sigmoid", [x])])
+
+
+def finish(b: GraphBuilder, x: str, c: int) -> onnx.ModelProto:
+    """The model with a classifier head on ``x`` (``c`` channels): global average pool, flatten, a Gemm
+    to 5 classes, graph output ``y``."""
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [x])], axis=1)
+    b.nodes.append(onnx.helper.make_node("Gemm", [y, b.weight((5, c)), b.const(np.zeros(5, np.float32))], ["y"],
+                                         name="head", transB=1))
+    b.output("y")
+    return b.model()
 
 
 def prune_and_check(model: onnx.ModelProto, drop: dict[int, list[int]] | None = None, seed: int = 0, *,

@@ -13,7 +13,7 @@ from halp_onnx.passes.latency_cost import build_cost_model, ranked_values
 from halp_onnx.passes.rewrite import rewrite
 from halp_onnx.profiles.blocks import block_widths, model_blocks
 
-from graph_helpers import group_of
+from graph_helpers import finish, group_of
 
 
 def _split_model() -> tuple[onnx.ModelProto, str]:
@@ -26,11 +26,7 @@ def _split_model() -> tuple[onnx.ModelProto, str]:
     hi = b.op("Slice", [a, b.const(np.array([4], np.int64)), b.const(np.array([8], np.int64)),
                         b.const(np.array([1], np.int64))])
     s = b.op("Add", [b.op("Relu", [b.conv(lo, 4, 6)]), b.op("Relu", [b.conv(hi, 4, 6)])])
-    y = b.op("Flatten", [b.op("GlobalAveragePool", [s])], axis=1)
-    b.nodes.append(onnx.helper.make_node("Gemm", [y, b.weight((5, 6)), b.const(np.zeros(5, np.float32))], ["y"],
-                                         name="head", transB=1))
-    b.output("y")
-    return b.model(), a
+    return finish(b, s, 6), a
 
 
 def test_ordered_widths_are_the_rewritten_models():

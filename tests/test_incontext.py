@@ -24,6 +24,8 @@ from halp_onnx.profiles.fit import LayoutRule, evaluate, fit_points, fit_step, l
 from halp_onnx.profiles.latency import domains, latency_model, predict
 from halp_onnx.profiles.signature import BlockSignature
 
+from graph_helpers import finish
+
 CONV = BlockSignature(op="Conv", kernel=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), groups="dense",
                       in_hw=(8, 8), batch=1, dtype="fp32", epilogue=("Relu",))
 RULE = LayoutRule(block=16, in_multiple=4, depthwise_multiple=4)
@@ -180,13 +182,18 @@ def _staircase(ci: int, co: int) -> float:
     return 0.006 + 5e-5 * ci * co
 
 
-def test_fit_recovers_the_staircase_and_its_step():
-    rng = np.random.default_rng(0)
+def _staircase_points(seed: int, n: int) -> dict[tuple[int, int], float]:
+    """``n`` draws of random widths in [4, 64] and their staircase time, 1% noise."""
+    rng = np.random.default_rng(seed)
     pts = {}
-    for _ in range(60):
+    for _ in range(n):
         ci, co = int(rng.integers(4, 65)), int(rng.integers(4, 65))
         pts[(ci, co)] = _staircase(ci, co) * (1 + 0.01 * rng.standard_normal())
-    fit = fit_points(CONV, pts, RULE)
+    return pts
+
+
+def test_fit_recovers_the_staircase_and_its_step():
+    fit = fit_points(CONV, _staircase_points(0, 60), RULE)
     assert fit["quant"] == 16 and fit["staircase_seen"]
     assert set(fit["classes"]) == {"nchwc", "direct", "nchw"}
     for ci, co in ((64, 64), (48, 40), (20, 33), (63, 63), (7, 50), (33, 9)):
@@ -200,11 +207,7 @@ def test_fit_recovers_the_staircase_and_its_step():
 def test_fit_ignores_points_no_event_reached():
     """A compute block measured at 0 ms in some run (none of the profiler's events mapped to it) would,
     on relative error, outweigh every real point: the fit is the one without such points."""
-    rng = np.random.default_rng(1)
-    pts = {}
-    for _ in range(40):
-        ci, co = int(rng.integers(4, 65)), int(rng.integers(4, 65))
-        pts[(ci, co)] = _staircase(ci, co) * (1 + 0.01 * rng.standard_normal())
+    pts = _staircase_points(1, 40)
     clean = fit_points(CONV, pts, RULE)
     holed = fit_points(CONV, {**pts, (40, 60): 0.0, (12, 64): 0.0}, RULE)
     assert holed == clean
@@ -252,11 +255,7 @@ def _one_conv(c_in: int, c_mid: int) -> onnx.ModelProto:
     b = GraphBuilder()
     x = b.input("x", [1, c_in, 8, 8])
     h = b.op("Relu", [b.conv(x, c_in, c_mid, k=1)])
-    y = b.op("Flatten", [b.op("GlobalAveragePool", [b.op("Relu", [b.conv(h, c_mid, 6, k=3)])])], axis=1)
-    b.nodes.append(helper.make_node("Gemm", [y, b.weight((3, 6)), b.const(np.zeros(3, np.float32))], ["y"],
-                                    name="head", transB=1))
-    b.output("y")
-    return b.model()
+    return finish(b, b.op("Relu", [b.conv(h, c_mid, 6, k=3)]), 6)
 
 
 def test_a_table_two_models_share_answers_both(profile_dir):

@@ -10,7 +10,7 @@ from halp_onnx.builder import GraphBuilder
 from halp_onnx.passes.rewrite import kept_channels, rewrite
 from halp_onnx.passes.verify import masked_reference, session, verify
 
-from graph_helpers import group_of, prune_and_check
+from graph_helpers import finish, group_of, prune_and_check
 from graph_helpers import node_of as node
 
 
@@ -26,14 +26,6 @@ def conv_relu(b, x, c_in, c_out, **kw):
 def conv_of(b, relu_out: str) -> str:
     """The node name of the Conv feeding a Relu made by conv_relu."""
     return next(node(n.input[0]) for n in b.nodes if n.output[0] == relu_out)
-
-
-def finish(b, x, c):
-    y = b.op("Flatten", [b.op("GlobalAveragePool", [x])], axis=1)
-    b.nodes.append(onnx.helper.make_node("Gemm", [y, b.weight((5, c)), b.const(np.zeros(5, np.float32))], ["y"],
-                                         name="head", transB=1))
-    b.output("y")
-    return b.model()
 
 
 def test_conv_chain_and_bias():
