@@ -151,7 +151,7 @@ def compile_result(run: PipelineRun) -> CompileResult:
     if guards is not None:
         warn.extend(guards.warnings)
     pred_dense = predict(blocks, lm)
-    pred_after = predict(blocks, lm, analysis, result.kept)
+    pred_after = predict(blocks, lm, analysis, result.kept, sources=cm.sources)
     rows = []
     group_ms_dense, _ = group_costs(cm, plan.dense, plan.block_ms)
     group_ms_after, _ = group_costs(cm, widths, plan.block_ms)

@@ -270,6 +270,71 @@ def test_a_table_two_models_share_answers_both(profile_dir):
         assert run.new_points == 0
 
 
+def _two_convs_and_a_pool(c_in: int, c_mid: int) -> onnx.ModelProto:
+    """:func:`_one_conv`'s layers with a pooling layer before the head: another model, same convs."""
+    from halp_onnx.builder import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.input("x", [1, c_in, 8, 8])
+    h = b.op("Relu", [b.conv(x, c_in, c_mid, k=1)])
+    h = b.op("Relu", [b.conv(h, c_mid, 6, k=3)])
+    return finish(b, b.op("MaxPool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]), 6)
+
+
+def test_a_model_is_priced_from_its_own_runs(profile_dir):
+    """Another model's in-context points do not price a model whose tables they would cover: it is
+    measured in its own runs (its context), the first model's context stays as it was, and a pruned
+    model of the same layers is priced from its dense model's context without measuring."""
+    a = inspect(_one_conv(32, 8))
+    b = inspect(_two_convs_and_a_pool(32, 8))
+    first = latency_model(*a, "ort-cpu", measure=True)
+    assert first.incontext_runs > 0
+    prof = store.read_profile(profile_dir / "ort-cpu.json")
+    assert len(prof.contexts) == 1
+    (cid_a, ctx_a), = prof.contexts.items()
+    before = {k: t.to_dict() for k, t in ctx_a.tables.items()}
+    assert set(ctx_a.tables) <= set(ctx_a.signatures) and ctx_a.tables
+    second = latency_model(*b, "ort-cpu", measure=True)
+    assert second.incontext_runs > 0 and second.new_points > 0
+    prof = store.read_profile(profile_dir / "ort-cpu.json")
+    assert len(prof.contexts) == 2 and {k: t.to_dict() for k, t in prof.contexts[cid_a].tables.items()} == before
+    cid_b = prof.find_context({x.signature.key() for x in model_blocks(*b)})
+    assert cid_b != cid_a and set(prof.contexts[cid_b].tables) >= set(ctx_a.tables)
+    # b's model prices b's blocks from b's own points
+    conv = next(x for x in model_blocks(*b) if x.signature.kernel == (3, 3))
+    key = conv.signature.key()
+    assert second.model.profile.tables[key] is prof.contexts[cid_b].tables[key] or \
+        second.model.profile.tables[key].to_dict() == prof.contexts[cid_b].tables[key].to_dict()
+    # a pruned a: same layers, so a's context, nothing measured
+    loaded, an = a
+    from halp_onnx.passes.rewrite import rewrite
+
+    g = an.prunable[0]
+    pruned = inspect(rewrite(loaded, an, {g.id: np.arange(3, g.size)}, check=False).model)
+    again = latency_model(*pruned, "ort-cpu", measure=True)
+    assert again.incontext_runs == 0 and again.new_points == 0
+    assert store.read_profile(profile_dir / "ort-cpu.json").find_context(
+        {x.signature.key() for x in model_blocks(*pruned)}) == cid_a
+
+
+def test_a_pruned_model_without_a_block_keeps_its_dense_models_context(profile_dir):
+    """Removing a residual block leaves its Add and activation as element-wise ops the dense model did
+    not have: the pruned model is still priced from its dense model's runs."""
+    from halp_onnx.passes.rewrite import rewrite
+
+    loaded, an = inspect(example("resnet"))
+    latency_model(loaded, an, "ort-cpu", measure=True)
+    g = next(g for g in an.prunable if g.removable)
+    pruned = inspect(rewrite(loaded, an, {g.id: np.zeros(0, dtype=np.int64)}, check=False).model)
+    dense_keys = {b.signature.key() for b in model_blocks(loaded, an)}
+    pruned_keys = {b.signature.key() for b in model_blocks(*pruned)}
+    assert not pruned_keys <= dense_keys  # the orphaned epilogue
+    prof = store.read_profile(profile_dir / "ort-cpu.json")
+    assert prof.find_context(pruned_keys) == prof.find_context(dense_keys) is not None
+    again = latency_model(*pruned, "ort-cpu", measure=True)
+    assert again.incontext_runs == 0
+
+
 def test_in_context_profile_labels_every_table_and_point(profile_dir):
     loaded, an = inspect(example("resnet"))
     run = latency_model(loaded, an, "ort-cpu", measure=True)

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..profiles.blocks import Block
+from ..profiles.folding import Sources, folded
 from .channel_groups import ChannelAnalysis
 
 STAGE = "latency-cost"
@@ -96,6 +97,7 @@ class CostModel:
     sizes: dict[int, int]
     frozen: dict[int, str] = field(default_factory=dict)  # prunable groups held dense, with the reason
     shadow: dict[int, tuple[int, ...]] = field(default_factory=dict)  # removable group -> groups gone with it
+    sources: tuple[Sources, ...] = ()  # per block, where its data comes from (profiles.folding)
 
     def alive_widths(self, bc: BlockCost, widths: dict[int, int]) -> tuple[int, int]:
         """(c_in, c_out) at ``widths`` as if the block were alive (its removal ignored)."""
@@ -150,14 +152,16 @@ def _side(analysis: ChannelAnalysis, tensor: str, dense: int, prunable: set[int]
 def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of, *, min_keep: float = 0.1,
                      allow_removal: bool = True, frozen: dict[int, str] | None = None,
                      max_step_share: int = 8, max_choices: int = 64, round_to: int = 1,
-                     block_ms: Callable[..., float] | None = None, monotone: bool = True) -> CostModel:
+                     block_ms: Callable[..., float] | None = None, monotone: bool = True,
+                     sources: Sequence[Sources] = ()) -> CostModel:
     """Attribute blocks to groups and list each prunable group's allowed widths.
 
     ``step_of(signature) -> int`` is the target's latency step for a block; ``frozen`` maps group ids
     to the reason they stay dense (first conv, user choice); ``round_to``: kept widths are multiples of it
     (``--round-to``, as Torch-Pruning's ``round_to``), the dense width always allowed.
     ``block_ms(signature, c_in, c_out)`` prices the widths for the monotone filter (``monotone``; no
-    filter without it)."""
+    filter without it). ``sources`` (:func:`~halp_onnx.profiles.folding.block_sources` of ``blocks``): the
+    whole-model total folds away the blocks a choice leaves computing from constants."""
     frozen = dict(frozen or {})
     prunable = {g.id for g in analysis.prunable if g.id not in frozen}
     sizes = {g.id: g.size for g in analysis.groups}
@@ -197,7 +201,7 @@ def build_cost_model(analysis: ChannelAnalysis, blocks: Sequence[Block], step_of
         choices[cg.id] = GroupChoices(cg.id, size, step, tuple(sorted(set(widths))))
     shadow = {g: tuple(w for w in analysis.groups[g].shadow if w in choices)
               for g, ch in choices.items() if ch.widths[0] == 0 and analysis.groups[g].shadow}
-    cm = CostModel(tuple(costs), choices, sizes, frozen, {g: w for g, w in shadow.items() if w})
+    cm = CostModel(tuple(costs), choices, sizes, frozen, {g: w for g, w in shadow.items() if w}, tuple(sources))
     if monotone and block_ms is not None:
         cm = monotone_choices(cm, block_ms)
     return cm
@@ -310,9 +314,11 @@ def group_costs(cm: CostModel, widths: dict[int, int], block_ms) -> tuple[dict[i
 
 
 def total_latency(cm: CostModel, widths: dict[int, int], block_ms, overhead_ms: float = 0.0) -> float:
+    """The model's predicted latency at ``widths``: every block at its widths, those computed from
+    constants only (a branch whose input the order emptied) folded away (``CostModel.sources``)."""
     total = overhead_ms
-    for bc in cm.blocks:
-        ci, co = cm.block_widths(bc, widths)
+    at = folded(cm.sources, [cm.block_widths(bc, widths) for bc in cm.blocks])
+    for bc, (ci, co) in zip(cm.blocks, at):
         total += block_ms(bc.block.signature, ci, co) if co > 0 else 0.0
     return total
 

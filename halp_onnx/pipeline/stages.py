@@ -26,6 +26,7 @@ from ..passes.rewrite import RewriteResult, rewrite
 from ..passes.select import channel_scores, keep_by_ratio
 from ..passes.solve import Round, first_layer_groups, solve_rounds
 from ..passes.verify import verify
+from ..profiles.folding import block_sources
 from .config import PipelineConfig
 from .results import BudgetPlan, Guards, Measurement, Selection, TargetLatency
 from .runner import Pipeline, PipelineRun, Stage
@@ -94,7 +95,8 @@ def _budget(cfg: PipelineConfig, r: Results) -> BudgetPlan:
     held = {} if cfg.prune_first else first_layer_groups(analysis, tl.blocks)
     held.update({g: why for g, why in excluded_groups(analysis, cfg.exclude).items() if g not in held})
     cm = build_cost_model(analysis, tl.blocks, lm.step, min_keep=cfg.min_keep, allow_removal=cfg.allow_removal,
-                          frozen=held, round_to=cfg.round_to, block_ms=block_ms)
+                          frozen=held, round_to=cfg.round_to, block_ms=block_ms,
+                          sources=block_sources(loaded.model.graph, tl.blocks))
     if not cm.choices:
         raise HalpError(f"{loaded.source}: every prunable group is held dense ({'; '.join(held.values())})",
                         stage="compile")

@@ -41,6 +41,7 @@ from ..errors import HalpError
 from ..passes.channel_groups import ChannelAnalysis
 from ..passes.load import LoadedModel
 from .blocks import Block, block_widths, constant_nodes, orphan_signatures
+from .folding import block_sources, folded
 
 STAGE = "profiles"
 NCHWC_DOMAIN = "com.microsoft.nchwc"
@@ -378,6 +379,7 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
 
     settings = list(settings)
     bmap = BlockMap(loaded.model, blocks)
+    sources = block_sources(loaded.model.graph, blocks)
     records: list[dict | None] = [None] * len(settings)
     best: dict[int, dict] = {}  # setting -> per_block, layout, kept, wall, kernel, lost of the best turns
     dense_live: frozenset[str] | None = None
@@ -421,9 +423,9 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
         got = best[i]
         per_block, layout, kept = got["per_block"], got["layout"], got["kept"]
         gone = constant_nodes(analysis, kept, blocks)  # not in the variant, or folded: no observation
-        for b in blocks:
-            ci, co = block_widths(analysis, kept, b)
-            if co <= 0 or b.node in gone:
+        at = folded(sources, [(0, 0) if b.node in gone else block_widths(analysis, kept, b) for b in blocks])
+        for b, (ci, co) in zip(blocks, at):
+            if co <= 0:
                 continue
             if ci <= 0:  # the input branch was removed: what is left (the epilogue ops, if any) is its orphans'
                 parts = orphan_signatures(b.signature)

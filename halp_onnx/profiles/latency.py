@@ -27,9 +27,10 @@ from ..passes.channel_groups import ChannelAnalysis
 from ..passes.load import LoadedModel
 from . import analytic
 from .blocks import Block, block_widths, model_blocks, orphan_signatures, vanished_nodes
+from .folding import Sources, folded
 from .signature import MEMORY_BOUND_OPS, BlockSignature
-from .store import (Profile, find_other_device, find_profile, lock, merge_tables, profile_name, read_profile,
-                    write_profile)
+from .store import (ModelContext, Profile, context_id, find_other_device, find_profile, lock, merge_tables,
+                    profile_name, read_profile, write_profile)
 from .table import LatencyTable, sample
 from .targets import Target, device_fingerprint, get_target, target_status
 
@@ -231,19 +232,22 @@ class Prediction:
 
 
 def predict(blocks: Sequence[Block], lm: LatencyModel, analysis: ChannelAnalysis | None = None,
-            kept: np.ndarray | None = None) -> Prediction:
-    """Latency of the model whose blocks are ``blocks`` with ``kept`` channels (dense when None)."""
-    rows = []
+            kept: np.ndarray | None = None, sources: Sequence[Sources] = ()) -> Prediction:
+    """Latency of the model whose blocks are ``blocks`` with ``kept`` channels (dense when None);
+    with ``sources`` (:func:`~halp_onnx.profiles.folding.block_sources`), blocks the choice leaves computing
+    from constants only are folded away, as the rewrite does."""
     gone = vanished_nodes(analysis, kept) if kept is not None and analysis is not None else set()
+    widths = []
     for b in blocks:
         if kept is None:
-            ci, co = b.c_in, b.c_out
+            widths.append((b.c_in, b.c_out))
         elif analysis is None:  # the AttributeError block_widths(None, ...) raised before this check
             raise AttributeError("predict: 'kept' channels need the analysis that numbers them")
         else:
             ci, co = block_widths(analysis, kept, b)
-            if b.node in gone:
-                co = 0
+            widths.append((ci, 0 if b.node in gone else co))
+    rows = []
+    for b, (ci, co) in zip(blocks, folded(sources, widths) if kept is not None else widths):
         ms = lm.block_ms(b.signature, ci, co) if co > 0 else 0.0
         rows.append(BlockLatency(b.node, b.signature.op, b.signature.key(), ci, co, ms,
                                  lm.is_measured(b.signature, ci, co)))
@@ -362,8 +366,14 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
 
         notes.append(describe(prof))
     doms = domains(blocks, analysis, t.fusion)
-    todo = {k: d for k, d in doms.items() if remeasure or not _covered(prof, k, d)}
-    reused = sum(len(prof.tables[k].points) for k in doms if k in prof.tables)
+    keys = sorted({b.signature.key() for b in blocks})
+    cid = prof.find_context(keys)
+    view = prof.with_context(cid)
+    todo = {k: d for k, d in doms.items() if remeasure or not _covered(view, k, d)}
+    if measure and cid is None and _in_context(t, backend):
+        # other models' in-context points do not price this one: measured in its own runs
+        todo = dict(doms)
+    reused = sum(len(view.tables[k].points) for k in doms if k in view.tables and k not in todo)
     new = runs = isolated = 0
     if todo:
         if not measure:
@@ -376,11 +386,16 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
             prof.node_overhead_ms = backend.node_overhead_ms() if prof.block_time == "kernel" else 0.0
         with _progress(progress) as bar:
             if getattr(backend, "in_context", False):
+                cid = cid or context_id(keys)
+                # a pruned model may hold what is left of a removed branch (its epilogue): still this context
+                may_hold = set(keys) | {o.key() for b in blocks for o in orphan_signatures(b.signature, t.fusion)}
                 new, runs, todo = _measure_in_context(prof, path, loaded, analysis, blocks, backend, todo, bar,
-                                                      remeasure=remeasure)
+                                                      remeasure=remeasure, context=(cid, tuple(sorted(may_hold))))
+                # what no whole-model run shows is timed alone, unless the general tables have it
+                todo = {k: d for k, d in todo.items() if remeasure or not _covered(prof, k, d)}
             isolated = len(todo)
             new += _measure_isolated(prof, path, blocks, backend, todo, bar, remeasure=remeasure)
-    return ProfileRun(LatencyModel(t, prof, path=path), str(path), len(doms), new, reused,
+    return ProfileRun(LatencyModel(t, prof.with_context(cid), path=path), str(path), len(doms), new, reused,
                       time.perf_counter() - t0, tuple(notes), runs, isolated)
 
 
@@ -392,6 +407,13 @@ def _covered(prof: Profile, key: str, d: Domain) -> bool:
         return table is not None and table.complete and table.c_in_max >= d.c_in_max and \
             table.c_out_max >= d.c_out_max
     return table.covers(d.c_in_max, d.c_out_max, d.vary_in, d.vary_out)
+
+
+def _in_context(t: Target, backend) -> bool:
+    """Whether ``backend`` (or the target's, when none is given) times blocks inside whole-model runs."""
+    if backend is not None:
+        return bool(getattr(backend, "in_context", False))
+    return t.backend == "ort-cpu"
 
 
 def _backend(t: Target, threads: int):
@@ -418,10 +440,11 @@ def _save(prof: Profile, path, remeasure: bool) -> None:
 
 
 def _measure_in_context(prof: Profile, path, loaded: LoadedModel, analysis: ChannelAnalysis,
-                        blocks: Sequence[Block], backend, todo: dict[str, Domain], bar, *, remeasure: bool
-                        ) -> tuple[int, int, dict[str, Domain]]:
+                        blocks: Sequence[Block], backend, todo: dict[str, Domain], bar, *, remeasure: bool,
+                        context: tuple[str, tuple[str, ...]]) -> tuple[int, int, dict[str, Domain]]:
     """Fit the tables of ``todo`` from whole-model runs of this model; returns (points, runs, what is
-    left for one-block timing)."""
+    left for one-block timing). ``context``: (id, signatures) of this model: its tables are fitted
+    from its own points (:class:`~.store.ModelContext`); the general tables gather every model's."""
     from . import incontext as ic
     from .fit import LayoutRule, probe_rule
 
@@ -457,26 +480,35 @@ def _measure_in_context(prof: Profile, path, loaded: LoadedModel, analysis: Chan
     pts = ic.points_by_key(more)
     new = 0
     left: dict[str, Domain] = {}
+    cid, signatures = context
+    ctx = prof.contexts.get(cid)
+    if ctx is None or remeasure:
+        ctx = prof.contexts[cid] = ModelContext(loaded.source, signatures)
     for key, d in sorted(todo.items()):
         got = {p: v for p, v in pts.get(key, {}).items() if p[0] <= d.c_in_max and p[1] <= d.c_out_max}
         if not got:
             left[key] = d
             continue
-        table = d.table()
-        old = prof.tables.get(key)
-        if old is not None and not remeasure and old.fit:  # a larger domain: keep the earlier model's points
-            table.points.update({k: v for k, v in old.points.items() if old.sources.get(k) == "incontext"})
-            table.sources.update({k: "incontext" for k in table.points})
-            # and its widths: the table answers both models (one model's domain replacing the other's
-            # made the two re-profile each other in turn)
-            table.vary_in = table.vary_in or old.vary_in or old.c_in_max != table.c_in_max
-            table.vary_out = table.vary_out or old.vary_out or old.c_out_max != table.c_out_max
-            table.c_in_max, table.c_out_max = max(table.c_in_max, old.c_in_max), max(table.c_out_max, old.c_out_max)
-        ic.fitted_table(table, BlockSignature.from_key(key), got, rule)
+        sig = BlockSignature.from_key(key)
+        for tables in (ctx.tables, prof.tables):  # this model's own, and every model's
+            tables[key] = _grown(d.table(), None if remeasure else tables.get(key))
+            ic.fitted_table(tables[key], sig, got, rule)
         new += len(got)
-        prof.tables[key] = table
     _save(prof, path, remeasure)
     return new, n, left
+
+
+def _grown(table: LatencyTable, old: LatencyTable | None) -> LatencyTable:
+    """``table`` (a new domain) holding ``old``'s in-context points and widths too: one table answers
+    both models (one domain replacing the other's made two models re-profile each other in turn)."""
+    if old is None or not old.fit:
+        return table
+    table.points.update({k: v for k, v in old.points.items() if old.sources.get(k) == "incontext"})
+    table.sources.update({k: "incontext" for k in table.points})
+    table.vary_in = table.vary_in or old.vary_in or old.c_in_max != table.c_in_max
+    table.vary_out = table.vary_out or old.vary_out or old.c_out_max != table.c_out_max
+    table.c_in_max, table.c_out_max = max(table.c_in_max, old.c_in_max), max(table.c_out_max, old.c_out_max)
+    return table
 
 
 def _measure_isolated(prof: Profile, path, blocks: Sequence[Block], backend, todo: dict[str, Domain], bar, *,

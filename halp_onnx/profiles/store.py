@@ -77,6 +77,36 @@ def profile_name(target: str, *, threads: int = 1, batch: int = 1) -> str:
 
 
 @dataclass
+class ModelContext:
+    """The in-context tables of one model: times taken inside that model's own runs. A layer's time
+    depends on the model around it (cache state, layout reorders, what runs before it), so another
+    model's in-context points do not price it; ``signatures``: every block signature of the model and
+    of what its pruned models may hold (a removed branch's epilogue), those without a table here timed
+    alone (the profile's general tables)."""
+
+    model: str
+    signatures: tuple[str, ...]
+    tables: dict[str, LatencyTable] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "signatures": list(self.signatures),
+                "tables": {k: t.to_dict() for k, t in sorted(self.tables.items())}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelContext":
+        return cls(str(d["model"]), tuple(str(k) for k in d["signatures"]),
+                   {k: LatencyTable.from_dict(v) for k, v in d["tables"].items()})
+
+
+def context_id(signatures) -> str:
+    """The id of a model's context: a hash of its set of block signatures (widths do not enter, so a
+    pruned model of the same layers shares its dense model's context)."""
+    import hashlib
+
+    return hashlib.sha1("\n".join(sorted(set(signatures))).encode()).hexdigest()[:12]
+
+
+@dataclass
 class Profile:
     """Latency tables of one target on one device."""
 
@@ -96,6 +126,26 @@ class Profile:
     layout: dict[str, int] = field(default_factory=dict)  # the runtime's NCHWc rule (profiles.fit.LayoutRule)
     incontext_node_ms: float = 0.0  # per onnxruntime node, added to its profiled kernel time in context
     transfer: dict[str, Any] = field(default_factory=dict)  # set when brought from another device / runtime
+    contexts: dict[str, ModelContext] = field(default_factory=dict)  # context id -> that model's tables
+
+    def find_context(self, signatures) -> str | None:
+        """The context that prices a model of these block signatures: its own, else the smallest one
+        measured whose model holds every one of them (a pruned model that lost some layers)."""
+        want = set(signatures)
+        cid = context_id(want)
+        if cid in self.contexts:
+            return cid
+        supersets = [(len(c.signatures), k) for k, c in self.contexts.items() if want <= set(c.signatures)]
+        return min(supersets)[1] if supersets else None
+
+    def with_context(self, cid: str | None) -> "Profile":
+        """This profile with context ``cid``'s tables in front of the general ones (a view: the tables
+        are shared, not copied)."""
+        if cid is None or cid not in self.contexts:
+            return self
+        from dataclasses import replace
+
+        return replace(self, tables={**self.tables, **self.contexts[cid].tables})
 
     @property
     def source(self) -> str:
@@ -112,7 +162,8 @@ class Profile:
                 "node_overhead_ms": self.node_overhead_ms, "block_time": self.block_time, "created": self.created,
                 "updated": self.updated, "layout": dict(self.layout), "incontext_node_ms": self.incontext_node_ms,
                 "transfer": dict(self.transfer),
-                "tables": {k: t.to_dict() for k, t in sorted(self.tables.items())}}
+                "tables": {k: t.to_dict() for k, t in sorted(self.tables.items())},
+                "contexts": {k: c.to_dict() for k, c in sorted(self.contexts.items())}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<profile>") -> Profile:
@@ -129,7 +180,8 @@ class Profile:
                        created=data.get("created", ""), updated=data.get("updated", ""),
                        layout={str(k): int(v) for k, v in dict(data.get("layout") or {}).items()},
                        incontext_node_ms=float(data.get("incontext_node_ms", 0.0)),
-                       transfer=dict(data.get("transfer") or {}))
+                       transfer=dict(data.get("transfer") or {}),
+                       contexts={str(k): ModelContext.from_dict(v) for k, v in dict(data.get("contexts") or {}).items()})
         except (KeyError, TypeError, ValueError, HalpError) as exc:
             raise HalpError(f"{source}: malformed profile ({exc})", stage=STAGE) from None
 
@@ -220,7 +272,10 @@ def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
 
 
 def merge_tables(into: Profile, other: Profile) -> None:
-    """Points another process saved meanwhile join ours (same signature: union of points)."""
+    """Points another process saved meanwhile join ours (same signature: union of points); contexts
+    we lack join too (a context is one model's whole measurement: ours stands where both have it)."""
+    for cid, ctx in other.contexts.items():
+        into.contexts.setdefault(cid, ctx)
     for key, table in other.tables.items():
         mine = into.tables.get(key)
         if mine is None:

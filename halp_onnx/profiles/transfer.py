@@ -70,7 +70,8 @@ def transfer(source: Profile, source_path: str, loaded: LoadedModel, analysis: C
     prof.fingerprint = dict(fingerprint)
     rule = probe_rule()
     prof.layout = rule.to_dict()
-    for table in prof.tables.values():
+    every = [*prof.tables.values(), *(t for c in prof.contexts.values() for t in c.tables.values())]
+    for table in every:
         table.transferred = True
         if table.fit:
             table.fit["rule"] = rule.to_dict()  # widths take the path the local optimiser gives them
@@ -87,13 +88,14 @@ def transfer(source: Profile, source_path: str, loaded: LoadedModel, analysis: C
     n = len(settings)
     meas = np.zeros((n, len(CLASSES)))
     pred = np.zeros((n, len(CLASSES)))
+    view = prof.with_context(prof.find_context({b.signature.key() for b in blocks}))  # the model's own tables
     for o in obs:
         sig = BlockSignature.from_key(o.key)  # a removed branch's observations are its orphans'
-        if sig.key() not in prof.tables:
+        if sig.key() not in view.tables:
             continue  # measured locally afterwards
         j = CLASSES.index(op_class(sig))
         meas[o.setting, j] += o.ms
-        pred[o.setting, j] += block_ms(prof, sig, o.c_in, o.c_out)
+        pred[o.setting, j] += block_ms(view, sig, o.c_in, o.c_out)
     scales, before, after = fit_scales(meas, pred)
     fp = source.fingerprint
     prof.transfer = {"from": {k: fp.get(k) for k in ("cpu", "machine", "onnxruntime", "threads")},

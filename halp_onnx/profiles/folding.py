@@ -1,0 +1,99 @@
+"""Blocks that a pruned model computes from constants only, which the rewrite and the runtime fold away.
+
+Pruning can empty a tensor without removing a group: the channels of one side of a split (ShuffleNet's
+halves after the channel shuffle, a slice of a concat) may all rank last in their group's order, so the
+group keeps channels while that branch reads none. The branch's first layer then outputs its bias, the
+layers after it compute from that constant, and the rewritten model holds a constant where the branch
+was. A latency prediction that prices those layers at their widths overestimates the pruned model.
+
+:func:`block_sources` records, once per model, which blocks each block's data comes from (through ops
+that are not blocks themselves: reshapes, unfused activations); :func:`folded` then says, for one choice
+of widths, which blocks read a constant (priced as with no input channel: what is left is their
+epilogue's join) and which blocks' outputs are constant in turn.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import onnx
+
+from ..ops.table import ANCHOR_OPS
+from .blocks import Block
+
+GRAPH_INPUT = -1  # a source that is a graph input: always live
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where one block's data comes from: ``main`` its anchor's input (``Block.in_tensor``), ``side``
+    every other input it reads (a residual Add's other operand, a Concat's other inputs); block
+    indices, or :data:`GRAPH_INPUT`. Constants (initializers) are no source. ``anchor``: a GEMM-like
+    block, which with a constant input is left with its epilogue; any other block runs while one of
+    its inputs is live."""
+
+    main: frozenset[int]
+    side: frozenset[int]
+    anchor: bool
+
+
+def block_sources(graph: onnx.GraphProto, blocks: Sequence[Block]) -> tuple[Sources, ...]:
+    """The :class:`Sources` of every block of ``graph``, walking back through non-block nodes."""
+    producer: dict[str, onnx.NodeProto] = {o: n for n in graph.node for o in n.output if o}
+    by_name = {n.name: n for n in graph.node}
+    inits = {t.name for t in graph.initializer}
+    inputs = {i.name for i in graph.input} - inits
+    out_of = {b.out_tensor: i for i, b in enumerate(blocks)}
+    owner = {name: i for i, b in enumerate(blocks) for name in (b.node, *b.fused)}
+
+    def sources(tensor: str) -> frozenset[int]:
+        stack, seen, found = [tensor], set(), set()
+        while stack:
+            t = stack.pop()
+            if t in seen or not t:
+                continue
+            seen.add(t)
+            if t in out_of:
+                found.add(out_of[t])
+            elif t in inputs:
+                found.add(GRAPH_INPUT)
+            elif t in producer:
+                node = producer[t]
+                if node.name in owner:  # an inner tensor of a block read outside it: that block
+                    found.add(owner[node.name])
+                else:
+                    stack.extend(node.input)
+        return frozenset(found)
+
+    out = []
+    for b in blocks:
+        nodes = [by_name[n] for n in (b.node, *b.fused) if n in by_name]
+        inner = {o for n in nodes for o in n.output}
+        side: frozenset[int] = frozenset()
+        for x in {x for n in nodes for x in n.input}:
+            if x and x != b.in_tensor and x not in inner and x not in inits:
+                side |= sources(x)
+        out.append(Sources(sources(b.in_tensor), side, b.signature.op in ANCHOR_OPS))
+    return tuple(out)
+
+
+def folded(sources: Sequence[Sources], widths: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The widths to price blocks at, given their ``(c_in, c_out)`` (graph order; ``c_out == 0``:
+    gone): ``c_out`` 0 where the output is computed from constants only (folded away: no cost),
+    ``c_in`` 0 where a GEMM-like block reads a constant but its epilogue joins a live tensor (what is
+    left is the join), else as given. No ``sources``: as given."""
+    if not sources:
+        return list(widths)
+    const = [False] * len(widths)
+    out = []
+    for i, ((ci, co), f) in enumerate(zip(widths, sources)):
+        main_const = ci <= 0 or (bool(f.main) and all(s != GRAPH_INPUT and const[s] for s in f.main))
+        side_const = all(s != GRAPH_INPUT and const[s] for s in f.side)
+        const[i] = co <= 0 or (main_const and side_const)
+        if const[i]:
+            out.append((ci, 0))
+        elif main_const and f.anchor:
+            out.append((0, co))
+        else:
+            out.append((ci, co))
+    return out
