@@ -236,6 +236,27 @@ def test_fit_never_goes_below_nothing_within_the_table():
         assert evaluate(fit, ci, 256) >= evaluate(fit, ci, 16)
 
 
+def test_a_fit_an_earlier_version_made_is_fitted_again_when_read(tmp_path):
+    """A stored profile keeps its points: a table whose fit an earlier version of the fitting made
+    (here: fitted with the points no event reached) is fitted again from them when the profile is
+    read, so an upgrade does not keep pricing from the old fit."""
+    from halp_onnx.profiles.fit import FIT_VERSION
+    from halp_onnx.profiles.table import LatencyTable
+
+    pts = {**_staircase_points(1, 40), (40, 60): 0.0, (12, 64): 0.0}
+    t = LatencyTable(64, 64, True, True, False)
+    ic.fitted_table(t, CONV, pts, RULE)
+    current = dict(t.fit)
+    t.fit = {**t.fit, "classes": {c: {**v, "coef": [-1.0, 0.0, 0.0, 0.0]} for c, v in t.fit["classes"].items()}}
+    del t.fit["version"]
+    prof = store.Profile(name="ort-cpu", target="ort-cpu", precision="fp32", batch=1, threads=1, estimated=False,
+                         fingerprint={}, tables={CONV.key(): t})
+    store.write_profile(prof, tmp_path / "p.json")
+    back = store.read_profile(tmp_path / "p.json").tables[CONV.key()]
+    assert back.fit["version"] == FIT_VERSION and back.fit == current
+    assert evaluate(back.fit, 48, 40) == pytest.approx(_staircase(48, 40), rel=0.05)
+
+
 def test_fitted_table_round_trips_with_point_sources():
     from halp_onnx.profiles.table import LatencyTable
 

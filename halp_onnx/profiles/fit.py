@@ -28,6 +28,9 @@ from .signature import MEMORY_BOUND_OPS, BlockSignature
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 MIN_MS = 1e-4
+# the version of the fitting below a table's ``fit`` records: a fit an earlier version made (a stored
+# profile) is fitted again from its points when read (:func:`refit_stale`)
+FIT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,27 @@ def fit_points(sig: BlockSignature, points: Mapping[tuple[int, int], float], rul
     best = dict(fits[q])
     best["rms_raw"] = rms[1]
     best["staircase_seen"] = bool(rule.block > 1 and rms[q] <= rms[1] * 1.02)
+    best["version"] = FIT_VERSION
     return best
+
+
+def refit_stale(tables: Mapping[str, Any]) -> int:
+    """Fit again, from their in-context points, the tables (``key -> LatencyTable``) whose ``fit`` an
+    earlier version of this module made; returns how many."""
+    n = 0
+    for key, table in tables.items():
+        if not table.fit or table.fit.get("version") == FIT_VERSION:
+            continue
+        pts = {}
+        for k, v in table.points.items():
+            if table.sources.get(k) == "incontext":
+                a, b = k.split(",")
+                pts[(int(a), int(b))] = float(v)
+        if pts:
+            table.fit = fit_points(BlockSignature.from_key(key), pts, LayoutRule.from_dict(table.fit.get("rule")))
+            table.step = fit_step(table.fit, table.c_in_max, table.c_out_max)
+            n += 1
+    return n
 
 
 def evaluate(fit: Mapping[str, Any], ci: int, co: int) -> float:

@@ -16,6 +16,7 @@ recalibration instead of re-measured from scratch; an exact match is reused as i
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -483,7 +484,7 @@ def _measure_in_context(prof: Profile, path, loaded: LoadedModel, analysis: Chan
     cid, signatures = context
     ctx = prof.contexts.get(cid)
     if ctx is None or remeasure:
-        ctx = prof.contexts[cid] = ModelContext(loaded.source, signatures)
+        ctx = prof.contexts[cid] = ModelContext(Path(loaded.source).name, signatures)
     for key, d in sorted(todo.items()):
         got = {p: v for p, v in pts.get(key, {}).items() if p[0] <= d.c_in_max and p[1] <= d.c_out_max}
         if not got:

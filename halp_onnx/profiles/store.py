@@ -198,7 +198,12 @@ def read_profile(path: str | os.PathLike) -> Profile:
         raise HalpError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})", stage=STAGE) from None
     except OSError as exc:
         raise HalpError(f"{p}: cannot read ({exc.strerror})", stage=STAGE) from None
-    return Profile.from_dict(data, str(p))
+    prof = Profile.from_dict(data, str(p))
+    from .fit import refit_stale  # tables an earlier version fitted: fitted again from their points
+
+    for tables in (prof.tables, *(c.tables for c in prof.contexts.values())):
+        refit_stale(tables)
+    return prof
 
 
 def _reason(exc: OSError) -> str:

@@ -389,10 +389,17 @@ def _cpu_model() -> str:
             text = fh.read()
     except OSError:
         text = ""
-    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+    def field(key: str) -> str:
         m = re.search(rf"^{re.escape(key)}\s*:\s*(.+)$", text, re.MULTILINE)
-        if m and m.group(1).strip():
-            return m.group(1).strip()
+        return m.group(1).strip() if m else ""
+
+    name = next((v for v in map(field, ("model name", "Model", "Hardware", "cpu model", "Processor")) if v), "")
+    # a virtual machine may name only the vendor's line ("AMD EPYC"): the family, model and stepping
+    # tell its generations (and their kernels' speeds) apart
+    ident = " ".join(f"{k} {v}" for k, v in (("family", field("cpu family")), ("model", field("model")),
+                                              ("stepping", field("stepping"))) if v)
+    if name:
+        return f"{name} ({ident})" if ident else name
     return platform.processor() or platform.machine() or "unknown"
 
 

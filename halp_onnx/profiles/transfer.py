@@ -36,23 +36,30 @@ def op_class(sig: BlockSignature | str) -> str:
 
 def fit_scales(measured: np.ndarray, predicted: np.ndarray) -> tuple[dict[str, float], float, float]:
     """Per-class scales from ``measured`` / ``predicted`` per-class totals (rows: runs, columns:
-    :data:`CLASSES`) by least squares on the whole-run totals, each scale kept in [0.2, 5]; returns the
-    scales and the RMS relative error of the totals before and after."""
+    :data:`CLASSES`), each class fitted on its own columns (least squares, relative to the run's
+    total) and kept in [0.2, 5]; returns the scales and the RMS relative error of the whole-run totals
+    before and after. Fitting the classes jointly on the totals alone is ill-posed (their totals
+    grow together with the widths) and could land on scales that make the totals worse: where the
+    per-class scales do, one common scale is used."""
     m = np.asarray(measured, dtype=float)
     p = np.asarray(predicted, dtype=float)
     tot = m.sum(axis=1)
-    w = 1.0 / np.maximum(tot, 1e-9)  # relative error
-    used = [j for j in range(p.shape[1]) if np.any(p[:, j] > 0)]
+    w2 = 1.0 / np.maximum(tot, 1e-9) ** 2
+
+    def err(scales: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(((p * scales).sum(axis=1) / np.maximum(tot, 1e-9) - 1) ** 2)))
+
     scales = np.ones(p.shape[1])
-    if used:
-        a = p[:, used] * w[:, None]
-        sol, *_ = np.linalg.lstsq(a, tot * w, rcond=None)
-        if np.any(~np.isfinite(sol)) or np.any(sol <= 0):  # ill-posed: one common scale
-            k = float(np.sum(tot * p.sum(axis=1) * w * w) / max(np.sum((p.sum(axis=1) * w) ** 2), 1e-30))
-            sol = np.full(len(used), k)
-        scales[used] = np.clip(sol, 0.2, 5.0)
-    before = float(np.sqrt(np.mean((p.sum(axis=1) / np.maximum(tot, 1e-9) - 1) ** 2)))
-    after = float(np.sqrt(np.mean(((p * scales).sum(axis=1) / np.maximum(tot, 1e-9) - 1) ** 2)))
+    for j in range(p.shape[1]):
+        den = float(np.sum(w2 * p[:, j] ** 2))
+        if den > 0:
+            scales[j] = float(np.clip(np.sum(w2 * m[:, j] * p[:, j]) / den, 0.2, 5.0))
+    before = err(np.ones(p.shape[1]))
+    if err(scales) > before:
+        ptot = p.sum(axis=1)
+        k = float(np.clip(np.sum(w2 * tot * ptot) / max(float(np.sum(w2 * ptot ** 2)), 1e-30), 0.2, 5.0))
+        scales = np.where(p.any(axis=0), k, 1.0)
+    after = err(scales)
     return {c: float(scales[j]) for j, c in enumerate(CLASSES[: p.shape[1]])}, before, after
 
 
@@ -78,13 +85,17 @@ def transfer(source: Profile, source_path: str, loaded: LoadedModel, analysis: C
     prof.overhead_ms = backend.run_overhead_ms()
     prof.block_time = getattr(backend, "block_time", "run")
     prof.node_overhead_ms = backend.node_overhead_ms() if prof.block_time == "kernel" else 0.0
-    prof.incontext_node_ms = 0.0  # the source device's: measured again here when a table is fitted here
+    # what a node costs a run beyond its profiled kernel time, measured here: the observations below
+    # are priced as the source's in-context points were (small blocks are mostly this)
+    prof.incontext_node_ms = ic.node_cost(backend, [loaded.model], run_overhead_ms=prof.overhead_ms, runs=8,
+                                          fallback=prof.node_overhead_ms)
     first, _ = ic.observe(loaded, analysis, blocks, backend, ic.width_settings(analysis, blocks, 1, block=rule.block),
-                          runs=3, per_node_ms=prof.node_overhead_ms)
+                          runs=3, per_node_ms=prof.incontext_node_ms)
     dense_ms = sum(o.ms for o in first)
     _, per_run = ic.plan(max(dense_ms, 1e-3), budget_s=budget_s)
     settings = ic.width_settings(analysis, blocks, runs, block=rule.block, seed=1)
-    obs, _ = ic.observe(loaded, analysis, blocks, backend, settings, runs=per_run, per_node_ms=prof.node_overhead_ms)
+    obs, _ = ic.observe(loaded, analysis, blocks, backend, settings, runs=per_run,
+                        per_node_ms=prof.incontext_node_ms, passes=ic.passes())  # as the tables were
     n = len(settings)
     meas = np.zeros((n, len(CLASSES)))
     pred = np.zeros((n, len(CLASSES)))
