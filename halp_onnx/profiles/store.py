@@ -16,7 +16,9 @@ Schema versions (``"schema"`` in the file):
   coefficients, ``sources``: ``"incontext"`` or ``"isolated"`` per point), the profile records the
   runtime's NCHWc ``layout`` rule it was measured under, and a profile brought from another device or
   runtime records its recalibration in ``transfer`` (source fingerprint, per-class scales, fitted
-  error; its tables carry ``transferred``).
+  error; its tables carry ``transferred``). ``contexts`` (optional): per model, the in-context tables
+  fitted from that model's own runs (:class:`ModelContext`), keyed by :func:`context_id`; ``tables``
+  then hold every model's points, the fallback where a model's own are not to be had.
 """
 from __future__ import annotations
 
