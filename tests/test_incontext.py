@@ -236,6 +236,27 @@ def test_fit_never_goes_below_nothing_within_the_table():
         assert evaluate(fit, ci, 256) >= evaluate(fit, ci, 16)
 
 
+def test_a_memory_bound_op_absorbed_at_whole_blocks_is_priced_between_them():
+    """DenseNet's BatchNormalization after a concat: no time of its own at 16, 32, 48... channels (the
+    blocked neighbours absorb it), 4 + 0.1 us per channel elsewhere, a few points near nothing (the
+    per-node correction taken off a short kernel). The misaligned widths are priced from their own
+    points, not pulled to nothing by the zeros or by the points of a fraction of a microsecond."""
+    sig = BlockSignature(op="Elementwise", kernel=(), stride=(), pads=(), dilation=(), groups="depthwise",
+                         in_hw=(196,), batch=1, dtype="fp32", epilogue=("BatchNormalization",))
+    rng = np.random.default_rng(3)
+    pts = {}
+    for c in range(20, 500, 7):
+        pts[(c, c)] = 0.0 if c % 16 == 0 else (0.004 + 1e-4 * c) * (1 + 0.05 * rng.standard_normal())
+    for c in range(16, 500, 48):
+        pts[(c, c)] = 0.0
+    pts[(23, 23)], pts[(41, 41)] = 2e-4, -3e-4
+    fit = fit_points(sig, pts, RULE)
+    for c in (150, 301, 455):
+        assert evaluate(fit, c, c) == pytest.approx(0.004 + 1e-4 * c, rel=0.2), c
+    assert evaluate(fit, 77, 77) == pytest.approx(0.0117, rel=0.35)  # the near-nothing points still pull
+    assert evaluate(fit, 160, 160) < 0.002
+
+
 def test_a_fit_an_earlier_version_made_is_fitted_again_when_read(tmp_path):
     """A stored profile keeps its points: a table whose fit an earlier version of the fitting made
     (here: fitted with the points no event reached) is fitted again from them when the profile is
