@@ -336,6 +336,13 @@ def test_a_model_is_priced_from_its_own_runs(profile_dir):
     (cid_a, ctx_a), = prof.contexts.items()
     before = {k: t.to_dict() for k, t in ctx_a.tables.items()}
     assert set(ctx_a.tables) <= set(ctx_a.signatures) and ctx_a.tables
+    assert first.context == cid_a and first.to_dict()["context"]["id"] == cid_a
+    # a profile without a's run (one written before contexts): priced from the general tables, said so
+    legacy = store.read_profile(profile_dir / "ort-cpu.json")
+    legacy.contexts.clear()
+    store.write_profile(legacy, profile_dir / "legacy.json")
+    fallback = latency_model(*a, "ort-cpu", measure=False, profile_path=profile_dir / "legacy.json")
+    assert fallback.context is None and any("not measured in its own runs" in w for w in fallback.warnings)
     second = latency_model(*b, "ort-cpu", measure=True)
     assert second.incontext_runs > 0 and second.new_points > 0
     prof = store.read_profile(profile_dir / "ort-cpu.json")

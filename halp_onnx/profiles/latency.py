@@ -270,6 +270,7 @@ class ProfileRun:
     warnings: tuple[str, ...] = field(default=())
     incontext_runs: int = 0  # whole-model runs measured in context for this model
     isolated_signatures: int = 0  # signatures timed alone (no whole-model run could show them)
+    context: str | None = None  # the id of the model context whose tables price this model (store.ModelContext)
 
     @property
     def source(self) -> str:
@@ -283,7 +284,9 @@ class ProfileRun:
                 "signatures": self.signatures, "new_points": self.new_points, "reused_points": self.reused_points,
                 "seconds": round(self.seconds, 3), "source": self.source,
                 "transfer": dict(prof.transfer) if prof is not None and prof.transfer else None,
-                "incontext_runs": self.incontext_runs, "isolated_signatures": self.isolated_signatures}
+                "incontext_runs": self.incontext_runs, "isolated_signatures": self.isolated_signatures,
+                "context": ({"id": self.context, "model": prof.contexts[self.context].model}
+                            if prof is not None and self.context in prof.contexts else None)}
 
 
 def _progress(enabled: bool):
@@ -396,8 +399,11 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
                 todo = {k: d for k, d in todo.items() if remeasure or not _covered(prof, k, d)}
             isolated = len(todo)
             new += _measure_isolated(prof, path, blocks, backend, todo, bar, remeasure=remeasure)
+    if cid is None and _in_context(t, backend) and any(tb.fit for tb in prof.tables.values()):
+        notes.append(f"{loaded.source}: not measured in its own runs (measuring is off); priced from the "
+                     "in-context tables of other models, which may be off for it")
     return ProfileRun(LatencyModel(t, prof.with_context(cid), path=path), str(path), len(doms), new, reused,
-                      time.perf_counter() - t0, tuple(notes), runs, isolated)
+                      time.perf_counter() - t0, tuple(notes), runs, isolated, cid)
 
 
 def _covered(prof: Profile, key: str, d: Domain) -> bool:
