@@ -16,8 +16,8 @@ from halp_onnx.profiles.blocks import block_widths, model_blocks
 from graph_helpers import finish, group_of
 
 
-def _split_model() -> tuple[onnx.ModelProto, str]:
-    """conv 3->8, its channels split 0-3 / 4-7 into two convs (4->6 each), summed, then a head."""
+def _halves() -> tuple[GraphBuilder, str, str, str]:
+    """A builder holding conv 3->8 (its output ``a``) and the two Slices of ``a``: channels 0-3, 4-7."""
     b = GraphBuilder()
     x = b.input("x", [1, 3, 8, 8])
     a = b.op("Relu", [b.conv(x, 3, 8)])
@@ -25,6 +25,12 @@ def _split_model() -> tuple[onnx.ModelProto, str]:
                         b.const(np.array([1], np.int64))])
     hi = b.op("Slice", [a, b.const(np.array([4], np.int64)), b.const(np.array([8], np.int64)),
                         b.const(np.array([1], np.int64))])
+    return b, a, lo, hi
+
+
+def _split_model() -> tuple[onnx.ModelProto, str]:
+    """conv 3->8, its channels split 0-3 / 4-7 into two convs (4->6 each), summed, then a head."""
+    b, a, lo, hi = _halves()
     s = b.op("Add", [b.op("Relu", [b.conv(lo, 4, 6)]), b.op("Relu", [b.conv(hi, 4, 6)])])
     return finish(b, s, 6), a
 
@@ -79,13 +85,7 @@ def test_ordered_widths_on_the_examples(name):
 def _emptied_branch_model() -> tuple[onnx.ModelProto, str]:
     """conv 3->8 split 0-3 / 4-7; the second half feeds a two-conv branch (4->6->6), the first a conv
     (4->6); the branches are summed, then a head."""
-    b = GraphBuilder()
-    x = b.input("x", [1, 3, 8, 8])
-    a = b.op("Relu", [b.conv(x, 3, 8)])
-    lo = b.op("Slice", [a, b.const(np.array([0], np.int64)), b.const(np.array([4], np.int64)),
-                        b.const(np.array([1], np.int64))])
-    hi = b.op("Slice", [a, b.const(np.array([4], np.int64)), b.const(np.array([8], np.int64)),
-                        b.const(np.array([1], np.int64))])
+    b, a, lo, hi = _halves()
     branch = b.op("Relu", [b.conv(b.op("Relu", [b.conv(hi, 4, 6)]), 6, 6)])
     s = b.op("Add", [b.op("Relu", [b.conv(lo, 4, 6)]), branch])
     return finish(b, s, 6), a

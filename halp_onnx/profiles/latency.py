@@ -347,8 +347,6 @@ def latency_model(loaded: LoadedModel, analysis: ChannelAnalysis, target: str | 
     fp = profile_fingerprint(t, threads=threads)
     notes: list[str] = []
     if profile_path is not None:
-        from pathlib import Path
-
         path = Path(profile_path)
         prof = read_profile(path) if path.is_file() else None
     else:
@@ -432,8 +430,7 @@ def _backend(t: Target, threads: int):
 def _transferable(t: Target, backend, measure: bool, remeasure: bool) -> bool:
     """A profile of another device may be recalibrated here: ort-cpu, measuring allowed, a backend that
     measures in context (the real one unless a test gave another)."""
-    return (t.backend == "ort-cpu" and bool(measure) and not remeasure
-            and (backend is None or bool(getattr(backend, "in_context", False))))
+    return t.backend == "ort-cpu" and bool(measure) and not remeasure and _in_context(t, backend)
 
 
 def _save(prof: Profile, path, remeasure: bool) -> None:

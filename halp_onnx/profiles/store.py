@@ -26,7 +26,7 @@ import json
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -145,8 +145,6 @@ class Profile:
         are shared, not copied)."""
         if cid is None or cid not in self.contexts:
             return self
-        from dataclasses import replace
-
         return replace(self, tables={**self.tables, **self.contexts[cid].tables})
 
     @property
