@@ -34,7 +34,7 @@ MIN_MS = 1e-4
 NOISE_MS = 2e-3
 # the version of the fitting below a table's ``fit`` records: a fit an earlier version made (a stored
 # profile) is fitted again from its points when read (:func:`refit_stale`)
-FIT_VERSION = 4
+FIT_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,13 @@ def _solve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return coef, float(np.sqrt(np.mean(((pred - y) / np.maximum(y, NOISE_MS)) ** 2)))
 
 
+def _lowest(y: np.ndarray) -> float:
+    """How far below zero a fitted time may go: a block's in-context time carries the per-node
+    correction (negative where the profiler inflates every kernel by more than a node costs a real
+    run), so a small block reads a few microseconds below zero, as the lowest point shows."""
+    return min(MIN_MS, float(y.min())) - NOISE_MS
+
+
 def _nonnegative(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     """:func:`_solve` with every coefficient >= 0 (a kernel's time never falls as a width grows, and
     is never below nothing): exact over the few regressors, every subset of them tried, the best
@@ -200,8 +207,9 @@ def _fit_class(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: in
         pred = np.maximum(x @ coef, MIN_MS)
         return coef.tolist(), float(np.sqrt(np.mean(((pred - y) / np.maximum(y, NOISE_MS)) ** 2)))
     coef, err = _solve(x, y)
-    if (_corners(kind, cls, pts, quant) @ coef < MIN_MS).any():
-        # the free fit goes below nothing somewhere in the table (points of large widths from other
+    # (a memory-bound op's near-nothing points are absorbed kernels, not a line to follow below zero)
+    if (_corners(kind, cls, pts, quant) @ coef < (MIN_MS if kind == "memory" else _lowest(y))).any():
+        # the free fit goes below the points somewhere in the table (points of large widths from other
         # models sharing the signature, extrapolated down): refit with no coefficient below zero
         coef, err = _nonnegative(x, y)
     return coef.tolist(), err
@@ -213,9 +221,10 @@ def fit_points(sig: BlockSignature, points: Mapping[tuple[int, int], float], rul
     cpg = sig.channels_per_group or 1
     by_cls: dict[str, list[tuple[int, int, float]]] = {}
     if kind != "memory" and any(t >= MIN_MS for t in points.values()):
-        # a compute kernel never runs in no time: such a point is a block that none of the profiler's
-        # events reached in that run, and on relative error it would outweigh every other point
-        points = {p: t for p, t in points.items() if t >= MIN_MS}
+        # a compute kernel never runs in no time: a point of exactly 0 ms is a block that none of the
+        # profiler's events reached in that run, and on relative error it would outweigh every other
+        # point (one below zero was reached: its kernels less the per-node correction, kept)
+        points = {p: t for p, t in points.items() if t != 0.0}
     for (ci, co), t in points.items():
         by_cls.setdefault(layout_class(kind, rule, ci, co, cpg), []).append((ci, co, float(t)))
     fits: dict[int, dict[str, Any]] = {}
