@@ -233,18 +233,20 @@ def width_settings(analysis: ChannelAnalysis, blocks: Sequence[Block], n: int, *
                    seed: int = 0, low: float = 0.1, spread: float = 0.2, removal: float = 0.3
                    ) -> list[dict[int, int]]:
     """``n`` width settings (group id -> kept units): dense first, then cycles of every group at a random
-    multiple of the channel ``block``, every group at a random misaligned width, and a random mix. Each
-    setting draws a keep share ``f`` in [``low``, 1] (the range the knapsack picks from) and each group
-    keeps about ``f`` (+- ``spread``) of its units, so the settings run whole models from small to large,
-    as pruned models are (their weights and activations in cache with them). In the mixed settings a
-    removable group is removed (width 0, its branch gone) with probability ``removal``: what is left of
-    such a block is then measured in context too."""
+    multiple of the channel ``block``, every group at a random misaligned width, a random mix, and
+    removals. Each setting draws a keep share ``f`` in [``low``, 1] (the range the knapsack picks from)
+    and each group keeps about ``f`` (+- ``spread``) of its units, so the settings run whole models from
+    small to large, as pruned models are (their weights and activations in cache with them). In the
+    mixed settings a removable group is removed (width 0, its branch gone) with probability ``removal``;
+    in the removal settings every group is at a multiple of the block, as the knapsack's choices are,
+    and a removable group is removed with probability 0.5: what is left of such a block (its residual
+    Add and activation, on the blocked tensors of its neighbours) is then measured in context too."""
     rng = np.random.default_rng(seed)
     mult = group_multiplicity(analysis, blocks)
     out: list[dict[int, int]] = [{g.id: g.size for g in analysis.prunable}]
-    kinds = ("aligned", "misaligned", "mixed")
+    kinds = ("aligned", "misaligned", "mixed", "removal")
     while len(out) < n:
-        kind = kinds[(len(out) - 1) % 3]
+        kind = kinds[(len(out) - 1) % len(kinds)]
         share = rng.uniform(low, 1.0)
         widths = {}
         for g in analysis.prunable:
@@ -253,12 +255,12 @@ def width_settings(analysis: ChannelAnalysis, blocks: Sequence[Block], n: int, *
             cand = np.arange(lo, size + 1)
             aligned = cand[(cand * m) % max(block, 1) == 0] if block > 1 else cand
             misaligned = cand[(cand * m) % max(block, 1) != 0] if block > 1 else cand
-            pick_aligned = kind == "aligned" or (kind == "mixed" and rng.random() < 0.5)
+            pick_aligned = kind in ("aligned", "removal") or (kind == "mixed" and rng.random() < 0.5)
             pool = aligned if (pick_aligned and aligned.size) or not misaligned.size else misaligned
             want = float(np.clip(share + rng.normal(0.0, spread), low, 1.0)) * size
             near = pool[np.argsort(np.abs(pool - want), kind="stable")[:3]] if pool.size else pool
             widths[g.id] = int(rng.choice(near)) if near.size else size
-            if kind == "mixed" and g.removable and rng.random() < removal:
+            if g.removable and kind in ("mixed", "removal") and rng.random() < (removal if kind == "mixed" else 0.5):
                 widths[g.id] = 0
         out.append(widths)
     return out
