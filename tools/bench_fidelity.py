@@ -276,7 +276,7 @@ METHOD = """## How the tables are made
 
 * **In context** (`halp_onnx/profiles/incontext.py`): the user's model runs at about 24 width settings
   (dense; then every prunable group at once at a random multiple of the runtime's channel block, at a
-  random misaligned width, and a random mix; kept channels drawn at random) with onnxruntime's
+  random misaligned width, a random mix, and removals at block multiples; kept channels drawn at random) with onnxruntime's
   profiler on (`SessionOptions.enable_profiling`), every setting in two passes (the second in reverse
   order, per block the smaller of the two medians kept, so a busy spell of the shared machine that falls
   on one turn does not reach the tables). Each `Node` event's `*_kernel_time` is mapped back
