@@ -148,6 +148,11 @@ def features(kind: str, cls: str, ci: int, co: int, quant: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- fitting
+def _rel_rms(pred: np.ndarray, y: np.ndarray) -> float:
+    """The RMS of ``pred``'s error relative to the measured ``y`` (taken against at least NOISE_MS)."""
+    return float(np.sqrt(np.mean(((pred - y) / np.maximum(y, NOISE_MS)) ** 2)))
+
+
 def _solve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     """Least squares on relative error; returns coefficients and the RMS relative residual."""
     w = 1.0 / np.maximum(y, NOISE_MS)
@@ -156,14 +161,16 @@ def _solve(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     coef, *_ = np.linalg.lstsq(a, y * w, rcond=1e-9)
     coef = coef / scale
     pred = np.maximum(x @ coef, MIN_MS)
-    return coef, float(np.sqrt(np.mean(((pred - y) / np.maximum(y, NOISE_MS)) ** 2)))
+    return coef, _rel_rms(pred, y)
 
 
-def _lowest(y: np.ndarray) -> float:
-    """How far below zero a fitted time may go: a block's in-context time carries the per-node
+def _lowest(kind: str, y: np.ndarray) -> float:
+    """How far below zero a fitted time may go: a compute block's in-context time carries the per-node
     correction (negative where the profiler inflates every kernel by more than a node costs a real
-    run), so a small block reads a few microseconds below zero, as the lowest point shows."""
-    return min(MIN_MS, float(y.min())) - NOISE_MS
+    run), so a small block reads a few microseconds below zero, as the lowest point shows; a
+    memory-bound op's near-nothing points are kernels its neighbours absorbed, not a line to follow
+    below zero."""
+    return MIN_MS if kind == "memory" else min(MIN_MS, float(y.min())) - NOISE_MS
 
 
 def _nonnegative(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -181,7 +188,7 @@ def _nonnegative(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
         coef = np.zeros(p)
         coef[cols] = sub
         pred = np.maximum(x @ coef, MIN_MS)
-        err = float(np.sqrt(np.mean(((pred - y) / np.maximum(y, NOISE_MS)) ** 2)))
+        err = _rel_rms(pred, y)
         if best is None or err < best[1]:
             best = (coef, err)
     assert best is not None  # one non-negative regressor alone always fits positive times non-negatively
@@ -205,10 +212,9 @@ def _fit_class(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: in
         coef = np.zeros(x.shape[1])
         coef[-1] = k
         pred = np.maximum(x @ coef, MIN_MS)
-        return coef.tolist(), float(np.sqrt(np.mean(((pred - y) / np.maximum(y, NOISE_MS)) ** 2)))
+        return coef.tolist(), _rel_rms(pred, y)
     coef, err = _solve(x, y)
-    # (a memory-bound op's near-nothing points are absorbed kernels, not a line to follow below zero)
-    if (_corners(kind, cls, pts, quant) @ coef < (MIN_MS if kind == "memory" else _lowest(y))).any():
+    if (_corners(kind, cls, pts, quant) @ coef < _lowest(kind, y)).any():
         # the free fit goes below the points somewhere in the table (points of large widths from other
         # models sharing the signature, extrapolated down): refit with no coefficient below zero
         coef, err = _nonnegative(x, y)

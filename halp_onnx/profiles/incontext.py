@@ -245,6 +245,7 @@ def width_settings(analysis: ChannelAnalysis, blocks: Sequence[Block], n: int, *
     mult = group_multiplicity(analysis, blocks)
     out: list[dict[int, int]] = [{g.id: g.size for g in analysis.prunable}]
     kinds = ("aligned", "misaligned", "mixed", "removal")
+    drop = {"mixed": removal, "removal": 0.5}  # per kind: the chance a removable group is removed
     while len(out) < n:
         kind = kinds[(len(out) - 1) % len(kinds)]
         share = rng.uniform(low, 1.0)
@@ -260,7 +261,7 @@ def width_settings(analysis: ChannelAnalysis, blocks: Sequence[Block], n: int, *
             want = float(np.clip(share + rng.normal(0.0, spread), low, 1.0)) * size
             near = pool[np.argsort(np.abs(pool - want), kind="stable")[:3]] if pool.size else pool
             widths[g.id] = int(rng.choice(near)) if near.size else size
-            if g.removable and kind in ("mixed", "removal") and rng.random() < (removal if kind == "mixed" else 0.5):
+            if g.removable and kind in drop and rng.random() < drop[kind]:
                 widths[g.id] = 0
         out.append(widths)
     return out
