@@ -34,7 +34,7 @@ MIN_MS = 1e-4
 NOISE_MS = 2e-3
 # the version of the fitting below a table's ``fit`` records: a fit an earlier version made (a stored
 # profile) is fitted again from its points when read (:func:`refit_stale`)
-FIT_VERSION = 5
+FIT_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -114,17 +114,21 @@ def _pad(c: int, q: int) -> int:
     return q * math.ceil(c / q) if q > 1 else c
 
 
-def layout_class(kind: str, rule: LayoutRule, ci: int, co: int, cpg: int = 1) -> str:
+def layout_class(kind: str, rule: LayoutRule, ci: int, co: int, cpg: int = 1, split: int = 0) -> str:
     """``"nchwc"`` (blocked kernels, widths padded), ``"direct"`` (blocked output, an NCHW input of fewer
     channels than the block), ``"nchw"`` or ``"any"`` (no layout choice for this kind). A memory-bound
     op is ``"nchwc"`` at whole blocks of channels: there it may run on the blocked tensors of its
     neighbours or be absorbed by them (DenseNet's BatchNormalization after a concat reads no time at
-    16, 32, 48... channels and 5-60 us between), and a fit across both would price neither."""
+    16, 32, 48... channels and 5-60 us between), and a fit across both would price neither. Which widths
+    those are depends on the neighbours: ``split`` (the fit's, seen in the data) is the channel multiple
+    that divides them, the block when not given (a squeeze-excitation ``Mul`` after a depthwise
+    convolution pays for a layout reorder at every multiple of 4, where the depthwise kernel is
+    blocked)."""
     b = rule.block
     if b <= 1 or kind == "gemm":
         return "any"
     if kind == "memory":  # on blocked tensors (whole blocks of channels) or plain ones: two kernels
-        return "nchwc" if co % b == 0 else "nchw"
+        return "nchwc" if co % (split or b) == 0 else "nchw"
     if kind == "conv":
         if ci < b:
             return "direct"
@@ -225,14 +229,28 @@ def fit_points(sig: BlockSignature, points: Mapping[tuple[int, int], float], rul
     """The fitted model of one signature from measured ``(c_in, c_out) -> ms`` points."""
     kind = kind_of(sig)
     cpg = sig.channels_per_group or 1
-    by_cls: dict[str, list[tuple[int, int, float]]] = {}
     if kind != "memory" and any(t >= MIN_MS for t in points.values()):
         # a compute kernel never runs in no time: a point of exactly 0 ms is a block that none of the
         # profiler's events reached in that run, and on relative error it would outweigh every other
         # point (one below zero was reached: its kernels less the per-node correction, kept)
         points = {p: t for p, t in points.items() if t != 0.0}
+    if kind == "memory" and rule.block > 1:
+        # where its neighbours change layout, seen: the channel multiple that splits the points best (the
+        # block unless another fits clearly better)
+        cands = [_fit_split(kind, rule, cpg, points, q) for q in sorted({rule.block, rule.depthwise_multiple,
+                                                                             rule.in_multiple, rule.block // 2})
+                 if 1 < q <= rule.block]
+        base = next(f for f in cands if f["split"] == rule.block)
+        best = min(cands, key=lambda f: f["rms"])
+        return best if best["rms"] < 0.9 * base["rms"] else base
+    return _fit_split(kind, rule, cpg, points, 0)
+
+
+def _fit_split(kind: str, rule: LayoutRule, cpg: int, points: Mapping[tuple[int, int], float], split: int
+               ) -> dict[str, Any]:
+    by_cls: dict[str, list[tuple[int, int, float]]] = {}
     for (ci, co), t in points.items():
-        by_cls.setdefault(layout_class(kind, rule, ci, co, cpg), []).append((ci, co, float(t)))
+        by_cls.setdefault(layout_class(kind, rule, ci, co, cpg, split), []).append((ci, co, float(t)))
     fits: dict[int, dict[str, Any]] = {}
     rms: dict[int, float] = {}
     for q in sorted({1, rule.block}):
@@ -252,6 +270,8 @@ def fit_points(sig: BlockSignature, points: Mapping[tuple[int, int], float], rul
     best["rms_raw"] = rms[1]
     best["staircase_seen"] = bool(rule.block > 1 and rms[q] <= rms[1] * 1.02)
     best["version"] = FIT_VERSION
+    if split:
+        best["split"] = split
     return best
 
 
@@ -278,7 +298,7 @@ def evaluate(fit: Mapping[str, Any], ci: int, co: int) -> float:
     """ms at ``(c_in, c_out)`` from a fitted model (a class without points borrows a neighbour's)."""
     kind = fit["kind"]
     rule = LayoutRule.from_dict(fit.get("rule"))
-    cls = layout_class(kind, rule, ci, co, int(fit.get("cpg", 1)))
+    cls = layout_class(kind, rule, ci, co, int(fit.get("cpg", 1)), int(fit.get("split", 0)))
     classes = fit["classes"]
     if cls not in classes:
         order = {"nchwc": ("direct", "nchw", "any"), "direct": ("nchwc", "nchw", "any"),
@@ -301,5 +321,5 @@ def fit_step(fit: Mapping[str, Any], ci_max: int, co_max: int) -> int:
     q = int(fit.get("quant", 1))
     if q <= 1 or not fit.get("staircase_seen", True):
         return 1
-    cls = layout_class(fit["kind"], rule, ci_max, co_max, int(fit.get("cpg", 1)))
+    cls = layout_class(fit["kind"], rule, ci_max, co_max, int(fit.get("cpg", 1)), int(fit.get("split", 0)))
     return q if cls in ("nchwc", "direct") or fit["kind"] == "memory" else 1

@@ -35,6 +35,7 @@ class Sources:
     main: frozenset[int]
     side: frozenset[int]
     anchor: bool
+    operands: tuple[frozenset[int], ...] = ()  # the sources of each input ``side`` unites, one by one
 
 
 def block_sources(graph: onnx.GraphProto, blocks: Sequence[Block]) -> tuple[Sources, ...]:
@@ -69,11 +70,11 @@ def block_sources(graph: onnx.GraphProto, blocks: Sequence[Block]) -> tuple[Sour
     for b in blocks:
         nodes = [by_name[n] for n in (b.node, *b.fused) if n in by_name]
         inner = {o for n in nodes for o in n.output}
-        side: frozenset[int] = frozenset()
-        for x in {x for n in nodes for x in n.input}:
-            if x and x != b.in_tensor and x not in inner and x not in inits:
-                side |= sources(x)
-        out.append(Sources(sources(b.in_tensor), side, b.signature.op in ANCHOR_OPS))
+        operands = [sources(x) for x in sorted({x for n in nodes for x in n.input})
+                    if x and x != b.in_tensor and x not in inner and x not in inits]
+        side = frozenset().union(*operands)
+        out.append(Sources(sources(b.in_tensor), side, b.signature.op in ANCHOR_OPS,
+                           tuple(o for o in operands if o)))
     return tuple(out)
 
 
@@ -84,6 +85,32 @@ def folded(sources: Sequence[Sources], widths: Sequence[tuple[int, int]]) -> lis
     left is the join), else as given. No ``sources``: as given."""
     if not sources:
         return list(widths)
+    out, _ = _fold(sources, widths)
+    return out
+
+
+def half_constant(sources: Sequence[Sources], widths: Sequence[tuple[int, int]]) -> set[int]:
+    """The blocks (indices) that stay live but read one operand from constants only that the dense
+    model computes: a squeeze-excitation ``Mul`` whose squeeze was removed (it scales by a constant),
+    an ``Add`` whose other branch folded to its bias. The runtime fuses such an op into its neighbour
+    (onnxruntime folds a ``Mul`` by a constant into the convolution before it), so its time is not the
+    op's time on two live tensors, which its table prices."""
+    if not sources:
+        return set()
+    _, const = _fold(sources, widths)
+    out = set()
+    for i, f in enumerate(sources):
+        if const[i] or f.anchor:
+            continue
+        # (an elementwise block's ``in_tensor`` is its own output: no operand of its own)
+        live = [any(s == GRAPH_INPUT or not const[s] for s in parts - {i}) or not parts - {i}
+                for parts in (f.main, *f.operands)]
+        if any(live) and not all(live):
+            out.add(i)
+    return out
+
+
+def _fold(sources: Sequence[Sources], widths: Sequence[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[bool]]:
     const = [False] * len(widths)
     out = []
     for i, ((ci, co), f) in enumerate(zip(widths, sources)):
@@ -96,4 +123,4 @@ def folded(sources: Sequence[Sources], widths: Sequence[tuple[int, int]]) -> lis
             out.append((0, co))
         else:
             out.append((ci, co))
-    return out
+    return out, const

@@ -41,7 +41,7 @@ from ..errors import HalpError
 from ..passes.channel_groups import ChannelAnalysis
 from ..passes.load import LoadedModel
 from .blocks import Block, block_widths, constant_nodes, orphan_signatures
-from .folding import block_sources, folded
+from .folding import block_sources, folded, half_constant
 
 STAGE = "profiles"
 NCHWC_DOMAIN = "com.microsoft.nchwc"
@@ -426,9 +426,11 @@ def observe(loaded: LoadedModel, analysis: ChannelAnalysis, blocks: Sequence[Blo
         got = best[i]
         per_block, layout, kept = got["per_block"], got["layout"], got["kept"]
         gone = constant_nodes(analysis, kept, blocks)  # not in the variant, or folded: no observation
-        at = folded(sources, [(0, 0) if b.node in gone else block_widths(analysis, kept, b) for b in blocks])
-        for b, (ci, co) in zip(blocks, at):
-            if co <= 0:
+        widths_at = [(0, 0) if b.node in gone else block_widths(analysis, kept, b) for b in blocks]
+        at = folded(sources, widths_at)
+        fused = half_constant(sources, widths_at)  # an op on a constant: fused by the runtime, not its table's
+        for j, (b, (ci, co)) in enumerate(zip(blocks, at)):
+            if co <= 0 or j in fused:
                 continue
             if ci <= 0:  # the input branch was removed: what is left (the epilogue ops, if any) is its orphans'
                 parts = orphan_signatures(b.signature)
