@@ -229,6 +229,12 @@ def group_multiplicity(analysis: ChannelAnalysis, blocks: Sequence[Block]) -> di
     return out
 
 
+# in a misaligned draw, the chance a group that may go below one channel block is drawn there: a share
+# drawn from [low, 1] seldom lands below the block, and the direct path that the consumers take there
+# is the slowest per channel (the knapsack would squeeze a group there if its price were guessed)
+NARROW = 0.25
+
+
 def width_settings(analysis: ChannelAnalysis, blocks: Sequence[Block], n: int, *, block: int,
                    seed: int = 0, low: float = 0.1, spread: float = 0.2, removal: float = 0.3
                    ) -> list[dict[int, int]]:
@@ -240,7 +246,8 @@ def width_settings(analysis: ChannelAnalysis, blocks: Sequence[Block], n: int, *
     mixed settings a removable group is removed (width 0, its branch gone) with probability ``removal``;
     in the removal settings every group is at a multiple of the block, as the knapsack's choices are,
     and a removable group is removed with probability 0.5: what is left of such a block (its residual
-    Add and activation, on the blocked tensors of its neighbours) is then measured in context too."""
+    Add and activation, on the blocked tensors of its neighbours) is then measured in context too. A
+    misaligned draw puts a group below one block with probability :data:`NARROW` where it can go there."""
     rng = np.random.default_rng(seed)
     mult = group_multiplicity(analysis, blocks)
     out: list[dict[int, int]] = [{g.id: g.size for g in analysis.prunable}]
@@ -260,6 +267,9 @@ def width_settings(analysis: ChannelAnalysis, blocks: Sequence[Block], n: int, *
             pool = aligned if (pick_aligned and aligned.size) or not misaligned.size else misaligned
             want = float(np.clip(share + rng.normal(0.0, spread), low, 1.0)) * size
             near = pool[np.argsort(np.abs(pool - want), kind="stable")[:3]] if pool.size else pool
+            narrow = cand[cand * m < block]  # below one block: its consumers read it on the direct path
+            if not pick_aligned and narrow.size and rng.random() < NARROW:
+                near = narrow
             widths[g.id] = int(rng.choice(near)) if near.size else size
             if g.removable and kind in drop and rng.random() < drop[kind]:
                 widths[g.id] = 0
