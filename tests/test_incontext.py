@@ -311,6 +311,20 @@ def test_a_memory_bound_op_after_a_depthwise_conv_is_split_where_that_conv_chang
         assert evaluate(fit, c, c) == pytest.approx(truth(c), rel=0.15), c
 
 
+def test_a_path_nothing_measured_is_never_priced_below_the_next_measured_step():
+    """Only blocked-path points (inputs of 16 channels and more): an input of 12 channels, which takes
+    the direct path nobody measured, is priced at least as the 16-channel input it would be padded to
+    (borrowed unpadded it read a quarter less, and the knapsack squeezed groups there for it)."""
+    sig = BlockSignature(op="Conv", kernel=(1, 1), stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
+                         groups="dense", in_hw=(7, 7), batch=1, dtype="fp32", epilogue=("HardSwish",))
+    pts = {(ci, co): 0.001 + 1.1e-6 * pad(ci) * pad(co) for ci in (16, 32, 48, 64, 96) for co in (64, 144, 288, 576)}
+    fit = fit_points(sig, pts, RULE)
+    assert "direct" not in fit["classes"]
+    for co in (144, 576):
+        assert evaluate(fit, 12, co) >= evaluate(fit, 16, co) * 0.999
+        assert evaluate(fit, 12, co) == pytest.approx(pts[(16, co)], rel=0.05)
+
+
 def test_a_fit_an_earlier_version_made_is_fitted_again_when_read(tmp_path):
     """A stored profile keeps its points: a table whose fit an earlier version of the fitting made
     (here: fitted with the points no event reached) is fitted again from them when the profile is
