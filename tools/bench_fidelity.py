@@ -3,10 +3,12 @@
     python tools/bench_fidelity.py --out docs/fidelity
 
 The models were fixed before the in-context tables were tuned: the **tuning** set (CIFAR ResNet-20 and
--56, torchvision ResNet-18) is what the method was developed on; the **held-out** set (CIFAR ResNet-32
-and -44 built with ``bench.zoo`` at other depths, torchvision RegNetX-400MF with its grouped
-convolutions, MobileNetV3-Small, and SqueezeNet 1.1 exported at opset 9 as an older third-party
-exporter would) was only ever run here. Per model (ort-cpu, 1 thread, batch 1):
+-56, torchvision ResNet-18; MobileNetV2 and MobileNetV3-Small/-Large since the depthwise and
+squeeze-excitation tables were diagnosed on them) is what the method was developed on; the **held-out**
+set (CIFAR ResNet-32 and -44 built with ``bench.zoo`` at other depths, torchvision RegNetX-400MF with its
+grouped convolutions, SqueezeNet 1.1 exported at opset 9 as an older third-party exporter would;
+ShuffleNetV2, EfficientNet-B0, DenseNet-121, ResNeXt-50 and RegNetY-400MF with its squeeze-excitation)
+was only ever run here. Every other model is listed as held out. Per model (ort-cpu, 1 thread, batch 1):
 
 * **cold profile** into a fresh profile file (seconds, whole-model runs in context, signatures timed
   alone), and a warm re-run that must measure nothing;
@@ -42,8 +44,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TUNING = ("cifar_resnet20", "cifar_resnet56", "resnet18")
-HELD_OUT = ("cifar_resnet32", "cifar_resnet44", "regnet_x_400mf", "mobilenet_v3_small", "squeezenet1_1_opset9")
+TUNING = ("cifar_resnet20", "cifar_resnet56", "resnet18", "mobilenet_v3_small", "mobilenet_v2", "mobilenet_v3_large")
+HELD_OUT = ("cifar_resnet32", "cifar_resnet44", "regnet_x_400mf", "squeezenet1_1_opset9", "shufflenet_v2_x1_0",
+            "efficientnet_b0", "densenet121", "resnext50_32x4d", "regnet_y_400mf")
 RATIOS = (0.2, 0.4, 0.6)
 
 
@@ -276,7 +279,9 @@ METHOD = """## How the tables are made
 
 * **In context** (`halp_onnx/profiles/incontext.py`): the user's model runs at about 24 width settings
   (dense; then every prunable group at once at a random multiple of the runtime's channel block, at a
-  random misaligned width, a random mix, and removals at block multiples; kept channels drawn at random) with onnxruntime's
+  random misaligned width (a quarter of those below one block where a group can go there: the direct
+  path its consumers take), a random mix, and removals at block multiples; kept channels drawn at
+  random) with onnxruntime's
   profiler on (`SessionOptions.enable_profiling`), every setting in two passes (the second in reverse
   order, per block the smaller of the two medians kept, so a busy spell of the shared machine that falls
   on one turn does not reach the tables). Each `Node` event's `*_kernel_time` is mapped back
@@ -285,15 +290,20 @@ METHOD = """## How the tables are made
   and through the optimised graph (`optimized_model_filepath`) for the layout reorders: a
   `ReorderOutput` goes to the block that reads NCHW after it, a `ReorderInput` to the block that wrote
   its input. Each node also carries what it costs a real run beyond its profiled kernel time (a few
-  microseconds, calibrated on unprofiled runs alternated with profiled ones).
+  microseconds, calibrated on unprofiled runs alternated with profiled ones). An op that a removed
+  branch leaves reading a constant (a squeeze-excitation `Mul` whose squeeze is gone, which
+  onnxruntime folds into the convolution before it) is not observed into its table.
 * **Fitted** (`halp_onnx/profiles/fit.py`): per signature and layout class (`nchwc`: both widths padded
   to the block; `direct`: an NCHW input narrower than the block; `nchw`: the im2col + GEMM path), a
   linear model in `1, c_in, c_out, c_in*c_out` of the padded widths (`1, c` where both widths move
   together: depthwise, grouped, memory-bound), least squares on relative error. Which widths take which
   path is probed from onnxruntime's optimiser (here: block 16, an input width that is a multiple of 4
   is padded, anything else falls back to NCHW), so a width one below the dense one is priced on the
-  slow path. One-block timing is kept only for what no whole-model run shows (what is left of a block
-  whose input branch was removed), labelled `isolated`.
+  slow path. A memory-bound op's classes split where its neighbours change layout, the channel multiple
+  (among the probed ones) that fits its points best; a class with no points borrows a neighbour's
+  coefficients at whichever widths cost more, never below the measured next step. One-block timing is
+  kept only for what no whole-model run shows (what is left of a block whose input branch was
+  removed), labelled `isolated`.
 * **Choices** (`halp_onnx/passes/latency_cost.py`): a width whose latency (every block the group
   touches, other groups dense) exceeds a wider width's is dropped, so the knapsack never picks a width
   slower than a wider one.
