@@ -657,3 +657,32 @@ def test_an_op_scaling_by_a_removed_branchs_constant_is_left_out_of_its_table():
     assert len(records) == 2 and all("error" not in r for r in records)
     at_mul = [o.setting for o in obs if o.node == blocks[mul].node]
     assert at_mul == [0]
+
+
+def test_a_setting_slowed_in_every_pass_is_timed_again(monkeypatch):
+    """A busy spell that held one setting's turns in both passes slows all of its blocks at once: the
+    setting's sum runs 30% above what the tables fitted from every setting price it, so it is timed
+    again and each of its blocks keeps the smaller time; settings within the spread are left alone."""
+    rng = np.random.default_rng(0)
+    truth = {(ci, co): 1e-5 * pad(ci) * pad(co) + 0.002 for ci in (16, 32, 48, 64) for co in (16, 32, 48, 64)}
+    settings, obs = [], []
+    for s in range(8):
+        settings.append({0: s})
+        slow = 1.3 if s == 5 else 1.0
+        for b, (ci, co) in enumerate(list(truth)[s:s + 6]):
+            obs.append(ic.Observation(CONV.key(), f"conv{b}", ci, co, truth[(ci, co)] * slow * (1 + 0.01 * rng.standard_normal()), "nchwc", s))
+    asked = []
+
+    def again(loaded, analysis, blocks, backend, todo, **kw):
+        asked.append(list(todo))
+        return [ic.Observation(o.key, o.node, o.c_in, o.c_out, truth[(o.c_in, o.c_out)], o.layout, 0)
+                for o in obs if o.setting == 5], []
+
+    monkeypatch.setattr(ic, "observe", again)
+    out, slow = ic.retime_slow(None, None, [], None, settings, obs, RULE)
+    assert slow == [5] and asked == [[{0: 5}]]
+    assert len(out) == len(obs)
+    for o in out:
+        if o.setting == 5:
+            assert o.ms == pytest.approx(truth[(o.c_in, o.c_out)])
+    assert {(o.setting, o.node): o.ms for o in out if o.setting != 5} == {(o.setting, o.node): o.ms for o in obs if o.setting != 5}
