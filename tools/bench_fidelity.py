@@ -284,7 +284,8 @@ METHOD = """## How the tables are made
   random) with onnxruntime's
   profiler on (`SessionOptions.enable_profiling`), every setting in two passes (the second in reverse
   order, per block the smaller of the two medians kept, so a busy spell of the shared machine that falls
-  on one turn does not reach the tables). Each `Node` event's `*_kernel_time` is mapped back
+  on one turn does not reach the tables; a setting whose blocks together ran slower than the tables
+  fitted from every setting price them is timed a third time). Each `Node` event's `*_kernel_time` is mapped back
   to a block: by node name (a `FusedConv` keeps its anchor's name, an unfused `Add`/`Relu` its own), by
   output tensor (the NCHWc transformer names a convolution `<output of its fused activation>_nchwc`),
   and through the optimised graph (`optimized_model_filepath`) for the layout reorders: a
