@@ -343,6 +343,14 @@ def write_docs(results: list[dict], out: Path, command: str, append: Path | None
         if errs:
             lines.append(f"| **all {which}** | | {len(errs)} | {pct(float(np.median(errs)))} | "
                          f"{pct(float(np.percentile(errs, 90)))} | {pct(max(errs))} | | | | | |")
+    # the variants' ratios to dense, predicted against measured: the tables' shape without the level
+    # (the host's speed between the profile and the measurement moves every figure of a model at once)
+    shape = {which: [e for r in results if r["set"] == which for e in r.get("ratio_errs", [])]
+             for which in ("tuning", "held-out")}
+    if any(shape.values()):
+        lines += ["", "Ratio to dense, predicted against measured (the variants; the dense model's level taken out): " +
+                  "; ".join(f"{which} median {pct(float(np.median(e)))}, p90 {pct(float(np.percentile(e, 90)))} "
+                            f"(n {len(e)})" for which, e in shape.items() if e) + "."]
     tr = [r for r in results if r.get("transfer")]
     if tr:
         lines += ["", "Transferred profile (recalibrated here from `" + tr[0]["transfer"]["source"] + "`):", "",
