@@ -325,6 +325,20 @@ def test_a_path_nothing_measured_is_never_priced_below_the_next_measured_step():
         assert evaluate(fit, 12, co) == pytest.approx(pts[(16, co)], rel=0.05)
 
 
+def test_a_batch_one_gemm_in_two_modes_is_priced_between_them():
+    """A batch-1 classifier Gemm reads its weights from cache or from memory as the shared machine's
+    state has it: half its points at 0.1 us per input channel, half at 0.2. Errors taken relative to each
+    point price the fast mode (slow points weigh half); the fit lands between the modes."""
+    sig = BlockSignature(op="Gemm", kernel=(), stride=(), pads=(), dilation=(), groups="dense", in_hw=(1,),
+                         batch=1, dtype="fp32", epilogue=())
+    rng = np.random.default_rng(2)
+    pts = {}
+    for i, ci in enumerate(rng.choice(np.arange(100, 1025), 24, replace=False)):
+        pts[(int(ci), 1000)] = (1e-4 if i % 2 else 2e-4) * ci * (1 + 0.03 * rng.standard_normal())
+    fit = fit_points(sig, pts, RULE)
+    assert 1.35e-4 * 1024 < evaluate(fit, 1024, 1000) < 1.65e-4 * 1024
+
+
 def test_a_fit_an_earlier_version_made_is_fitted_again_when_read(tmp_path):
     """A stored profile keeps its points: a table whose fit an earlier version of the fitting made
     (here: fitted with the points no event reached) is fitted again from them when the profile is
