@@ -303,7 +303,8 @@ def test_a_memory_bound_op_after_a_depthwise_conv_is_split_where_that_conv_chang
     def truth(c: int) -> float:
         return (0.005 + 2.2e-4 * c) if c % 4 == 0 else (0.006 + 6e-5 * c)
 
-    pts = {(c, c): truth(c) * (1 + 0.05 * rng.standard_normal()) for c in rng.choice(np.arange(8, 121), 30, replace=False)}
+    widths = rng.choice(np.arange(8, 121), 30, replace=False)
+    pts = {(c, c): truth(c) * (1 + 0.05 * rng.standard_normal()) for c in widths}
     pts[(120, 120)] = truth(120)
     fit = fit_points(sig, pts, RULE)
     assert fit["split"] == 4
@@ -684,7 +685,8 @@ def test_a_setting_slowed_in_every_pass_is_timed_again(monkeypatch):
         settings.append({0: s})
         slow = 1.3 if s == 5 else 1.0
         for b, (ci, co) in enumerate(list(truth)[s:s + 6]):
-            obs.append(ic.Observation(CONV.key(), f"conv{b}", ci, co, truth[(ci, co)] * slow * (1 + 0.01 * rng.standard_normal()), "nchwc", s))
+            ms = truth[(ci, co)] * slow * (1 + 0.01 * rng.standard_normal())
+            obs.append(ic.Observation(CONV.key(), f"conv{b}", ci, co, ms, "nchwc", s))
     asked = []
 
     def again(loaded, analysis, blocks, backend, todo, **kw):
@@ -699,4 +701,7 @@ def test_a_setting_slowed_in_every_pass_is_timed_again(monkeypatch):
     for o in out:
         if o.setting == 5:
             assert o.ms == pytest.approx(truth[(o.c_in, o.c_out)])
-    assert {(o.setting, o.node): o.ms for o in out if o.setting != 5} == {(o.setting, o.node): o.ms for o in obs if o.setting != 5}
+    def others(xs):
+        return {(o.setting, o.node): o.ms for o in xs if o.setting != 5}
+
+    assert others(out) == others(obs)

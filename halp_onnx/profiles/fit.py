@@ -193,7 +193,8 @@ def _nonnegative(x: np.ndarray, y: np.ndarray, scale: np.ndarray | None = None) 
         coef = np.zeros(p)
         coef[cols] = sub
         pred = np.maximum(x @ coef, MIN_MS)
-        crit = _rel_rms(pred, y) if scale is None else float(np.sqrt(np.mean(((pred - y) / np.maximum(scale, NOISE_MS)) ** 2)))
+        crit = _rel_rms(pred, y) if scale is None else \
+            float(np.sqrt(np.mean(((pred - y) / np.maximum(scale, NOISE_MS)) ** 2)))
         if best is None or crit < best[2]:
             best = (coef, _rel_rms(pred, y), crit)
     assert best is not None  # one non-negative regressor alone always fits positive times non-negatively
@@ -225,10 +226,11 @@ def _fit_class(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: in
         # models sharing the signature, extrapolated down): refit with no coefficient below zero
         coef, err = _nonnegative(x, y)
     if kind == "gemm":
-        # a batch-1 GEMM reads its weights once: from cache or from memory as the shared machine's state
-        # has it, so its points at one width split into a fast and a slow mode 2x apart (MobileNetV3-Small's
-        # 1024x1000 classifier: 87-105 us and 200-260 us). Errors relative to each point price the fast
-        # mode (the slow points weigh half); relative to the fit (two reweightings) the mean of the modes
+        # a batch-1 classifier GEMM reads its weights once: from cache or from memory as the shared
+        # machine's state has it, so its points at one width split into a fast and a slow mode 2x apart
+        # (MobileNetV3-Small's 1024x1000: 87-105 us and 200-260 us). Errors relative to each point price
+        # the fast mode (the slow points weigh half); relative to the fit (two reweightings) the mean of
+        # the modes. Where the points agree (any GEMM without modes) both weightings fit alike
         for _ in range(2):
             scale = np.maximum(x @ coef, NOISE_MS)
             coef, err = _nonnegative(x, y, scale) if nonneg else _solve(x, y, scale)
