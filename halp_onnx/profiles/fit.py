@@ -152,9 +152,10 @@ def features(kind: str, cls: str, ci: int, co: int, quant: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- fitting
-def _rel_rms(pred: np.ndarray, y: np.ndarray) -> float:
-    """The RMS of ``pred``'s error relative to the measured ``y`` (taken against at least NOISE_MS)."""
-    return float(np.sqrt(np.mean(((pred - y) / np.maximum(y, NOISE_MS)) ** 2)))
+def _rel_rms(pred: np.ndarray, y: np.ndarray, scale: np.ndarray | None = None) -> float:
+    """The RMS of ``pred``'s error relative to the measured ``y`` (or to ``scale``; taken against at
+    least NOISE_MS)."""
+    return float(np.sqrt(np.mean(((pred - y) / np.maximum(y if scale is None else scale, NOISE_MS)) ** 2)))
 
 
 def _solve(x: np.ndarray, y: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, float]:
@@ -193,8 +194,7 @@ def _nonnegative(x: np.ndarray, y: np.ndarray, scale: np.ndarray | None = None) 
         coef = np.zeros(p)
         coef[cols] = sub
         pred = np.maximum(x @ coef, MIN_MS)
-        crit = _rel_rms(pred, y) if scale is None else \
-            float(np.sqrt(np.mean(((pred - y) / np.maximum(scale, NOISE_MS)) ** 2)))
+        crit = _rel_rms(pred, y, scale)
         if best is None or crit < best[2]:
             best = (coef, _rel_rms(pred, y), crit)
     assert best is not None  # one non-negative regressor alone always fits positive times non-negatively

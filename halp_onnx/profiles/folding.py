@@ -26,16 +26,19 @@ GRAPH_INPUT = -1  # a source that is a graph input: always live
 
 @dataclass(frozen=True)
 class Sources:
-    """Where one block's data comes from: ``main`` its anchor's input (``Block.in_tensor``), ``side``
-    every other input it reads (a residual Add's other operand, a Concat's other inputs); block
-    indices, or :data:`GRAPH_INPUT`. Constants (initializers) are no source. ``anchor``: a GEMM-like
-    block, which with a constant input is left with its epilogue; any other block runs while one of
-    its inputs is live."""
+    """Where one block's data comes from: ``main`` its anchor's input (``Block.in_tensor``),
+    ``operands`` the sources of each other input it reads (a residual Add's other operand, a Concat's
+    other inputs), ``side`` all of those together; block indices, or :data:`GRAPH_INPUT`. Constants
+    (initializers) are no source. ``anchor``: a GEMM-like block, which with a constant input is left
+    with its epilogue; any other block runs while one of its inputs is live."""
 
     main: frozenset[int]
-    side: frozenset[int]
+    operands: tuple[frozenset[int], ...]
     anchor: bool
-    operands: tuple[frozenset[int], ...] = ()  # the sources of each input ``side`` unites, one by one
+
+    @property
+    def side(self) -> frozenset[int]:
+        return frozenset().union(*self.operands)
 
 
 def block_sources(graph: onnx.GraphProto, blocks: Sequence[Block]) -> tuple[Sources, ...]:
@@ -70,11 +73,9 @@ def block_sources(graph: onnx.GraphProto, blocks: Sequence[Block]) -> tuple[Sour
     for b in blocks:
         nodes = [by_name[n] for n in (b.node, *b.fused) if n in by_name]
         inner = {o for n in nodes for o in n.output}
-        operands = [sources(x) for x in sorted({x for n in nodes for x in n.input})
-                    if x and x != b.in_tensor and x not in inner and x not in inits]
-        side = frozenset().union(*operands)
-        out.append(Sources(sources(b.in_tensor), side, b.signature.op in ANCHOR_OPS,
-                           tuple(o for o in operands if o)))
+        operands = (sources(x) for x in sorted({x for n in nodes for x in n.input})
+                    if x and x != b.in_tensor and x not in inner and x not in inits)
+        out.append(Sources(sources(b.in_tensor), tuple(o for o in operands if o), b.signature.op in ANCHOR_OPS))
     return tuple(out)
 
 
@@ -98,15 +99,17 @@ def half_constant(sources: Sequence[Sources], widths: Sequence[tuple[int, int]])
     if not sources:
         return set()
     _, const = _fold(sources, widths)
+
+    def live(parts: frozenset[int], i: int) -> bool:
+        own = parts - {i}  # (an elementwise block's ``in_tensor`` is its own output: no operand of its own)
+        return not own or any(s == GRAPH_INPUT or not const[s] for s in own)
+
     out = set()
     for i, f in enumerate(sources):
-        if const[i] or f.anchor:
-            continue
-        # (an elementwise block's ``in_tensor`` is its own output: no operand of its own)
-        live = [any(s == GRAPH_INPUT or not const[s] for s in parts - {i}) or not parts - {i}
-                for parts in (f.main, *f.operands)]
-        if any(live) and not all(live):
-            out.add(i)
+        if not (const[i] or f.anchor):
+            alive = [live(parts, i) for parts in (f.main, *f.operands)]
+            if any(alive) and not all(alive):
+                out.add(i)
     return out
 
 

@@ -479,9 +479,10 @@ def _measure_in_context(prof: Profile, path, loaded: LoadedModel, analysis: Chan
         if bar:
             bar.advance(task)
 
+    passes = ic.passes()
     more, _ = ic.observe(loaded, analysis, blocks, backend, settings, runs=runs, on_setting=tick,
-                         passes=ic.passes(), **kw)
-    if ic.passes() > 1:  # (one pass: the tests' tiny timing budgets)
+                         passes=passes, **kw)
+    if passes > 1:  # (one pass: the tests' tiny timing budgets)
         more, _ = ic.retime_slow(loaded, analysis, blocks, backend, settings, more, rule, runs=runs, **kw)
     pts = ic.points_by_key(more)
     new = 0
