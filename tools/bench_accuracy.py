@@ -325,7 +325,8 @@ dense 91.6%; the recipe as above on 9,000 of the same 10,000 images; measured wh
   Tried against it on the ResNet-20, from one repaired start (82.50% / 74.08%, after the recipe 82.40% /
   77.71%): Gaussian pixel noise in the augmentation (std 0.03 of the pixel range) 80.33% / 74.17%; mixup
   in the distillation (alpha 0.4 / 1.0) 81.12% / 76.06%, 80.63% / 75.58% (on the ResNet-56, alpha 1.0:
-  86.23% / 81.23% against 87.71% / 81.92%); distillation alone (no cross-entropy) 81.81% / 76.13%; the KD
+  86.23% / 81.23% against 87.71% / 81.92%); half the training images re-encoded as JPEG at a random
+  quality in [30, 95] / [60, 95] 81.81% / 76.94%, 82.69% / 77.43%; distillation alone (no cross-entropy) 81.81% / 76.13%; the KD
   weight at 2 82.60% / 77.22%; nothing held out (10,000 training images) 82.50% / 77.57%. Twice the
   block-descent steps (800 per block) on the same open-loop structure: repaired 82.89% / 74.27% (82.50% /
   74.08% with 400), after the recipe 84.37% / 77.65% (82.40% / 77.71%). The exact-image gain does not show
