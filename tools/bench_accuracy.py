@@ -316,9 +316,10 @@ dense 91.6%; the recipe as above on 9,000 of the same 10,000 images; measured wh
   interpolation all leave the exact-image gap where it is.
 - measured 2026-12-03, none adopted (compile 0.5, top-1 exact / JPEG; each pair from one start, the compile
   open loop where the structure had to stay fixed): where the exact-image gap comes from, on the held-out
-  ResNet-56 (this compile 0.453 of dense, the closed loop misled by a second job on the machine): after the
-  recipe 87.71% exact, 83.19% on the JPEG copies of the same 1,017 images, 81.92% on the 10,000 JPEG; the
-  dense model after the recipe 92.82% / 84.76% / 84.86%. On the same images the gap is 5.11 points exact
+  ResNet-56 (this compile measured at 0.453 of dense by its closed loop while a second job loaded the
+  machine; the open-loop compile picks the same structure): after the recipe 87.71% exact, 83.19% on
+  the JPEG copies of the same 1,017 images, 81.92% on the 10,000 JPEG; the dense model after the recipe
+  92.82% / 84.76% / 84.86%. On the same images the gap is 5.11 points exact
   and 1.57 JPEG. The recipe moves the pruned model +5.71 points on the JPEG copies and -0.69 on the exact
   images (repaired: 88.40% / 77.48%); on the tuning ResNet-20, +3.34 and -0.10. It learns the JPEG images
   it is trained on and does not carry over to exact pixels, which is the exact-image gap left to close.
