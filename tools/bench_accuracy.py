@@ -317,24 +317,24 @@ dense 91.6%; the recipe as above on 9,000 of the same 10,000 images; measured wh
 - measured 2026-12-03, none adopted (compile 0.5, top-1 exact / JPEG; each pair from one start, the compile
   open loop where the structure had to stay fixed): where the exact-image gap comes from, on the held-out
   ResNet-56 (this compile measured at 0.453 of dense by its closed loop while a second job loaded the
-  machine; the open-loop compile picks the same structure): after the recipe 87.71% exact, 83.19% on
-  the JPEG copies of the same 1,017 images, 81.92% on the 10,000 JPEG; the dense model after the recipe
-  92.82% / 84.76% / 84.86%. On the same images the gap is 5.11 points exact
-  and 1.57 JPEG. The recipe moves the pruned model +5.71 points on the JPEG copies and -0.69 on the exact
-  images (repaired: 88.40% / 77.48%); on the tuning ResNet-20, +3.34 and -0.10. It learns the JPEG images
-  it is trained on and does not carry over to exact pixels, which is the exact-image gap left to close.
-  Tried against it on the ResNet-20, from one repaired start (82.50% / 74.08%, after the recipe 82.40% /
-  77.71%): Gaussian pixel noise in the augmentation (std 0.03 of the pixel range) 80.33% / 74.17%; mixup
-  in the distillation (alpha 0.4 / 1.0) 81.12% / 76.06%, 80.63% / 75.58% (on the ResNet-56, alpha 1.0:
-  86.23% / 81.23% against 87.71% / 81.92%); half the training images re-encoded as JPEG at a random
-  quality in [30, 95] / [60, 95] 81.81% / 76.94%, 82.69% / 77.43%; distillation alone (no cross-entropy) 81.81% / 76.13%; the KD
-  weight at 2 82.60% / 77.22%; nothing held out (10,000 training images) 82.50% / 77.57%. Twice the
-  block-descent steps (800 per block) on the same open-loop structure: repaired 82.89% / 74.27% (82.50% /
-  74.08% with 400), after the recipe 84.37% / 77.65% (82.40% / 77.71%). The exact-image gain does not show
-  on the 10,000 JPEG images, and the repair takes 55% longer. On the held-out ResNet-56 the MAC budget
-  holds the descent to 194 steps per block; twice the budget (about 390 steps, the repair 822 s instead
-  of 561 s) on the same open-loop structure: repaired 88.50% / 78.64% (88.40% / 78.60%), after the recipe
-  87.41% / 82.19% (87.71% / 81.92%): no gain."""
+  machine; the open-loop compile picks the same structure): after the recipe 87.71% exact, 83.19% on the
+  JPEG copies of the same 1,017 images, 81.92% on the 10,000 JPEG; the dense model after the recipe 92.82% /
+  84.76% / 84.86%. On the same images the gap is 5.11 points exact and 1.57 JPEG. The recipe moves the
+  pruned model +5.71 points on the JPEG copies and -0.69 on the exact images (repaired: 88.40% / 77.48%); on
+  the tuning ResNet-20, +3.34 and -0.10. It learns the JPEG images it is trained on and does not carry over
+  to exact pixels, which is the exact-image gap left to close. Tried against it on the ResNet-20, from one
+  repaired start (82.50% / 74.08%, after the recipe 82.40% / 77.71%): Gaussian pixel noise in the
+  augmentation (std 0.03 of the pixel range) 80.33% / 74.17%; mixup in the distillation (alpha 0.4 / 1.0)
+  81.12% / 76.06%, 80.63% / 75.58% (on the ResNet-56, alpha 1.0: 86.23% / 81.23% against 87.71% / 81.92%);
+  half the training images re-encoded as JPEG at a random quality in [30, 95] / [60, 95] 81.81% / 76.94%,
+  82.69% / 77.43%; distillation alone (no cross-entropy) 81.81% / 76.13%; the KD weight at 2 82.60% /
+  77.22%; nothing held out (10,000 training images) 82.50% / 77.57%. Twice the block-descent steps (800 per
+  block) on the same open-loop structure: repaired 82.89% / 74.27% (82.50% / 74.08% with 400), after the
+  recipe 84.37% / 77.65% (82.40% / 77.71%). The exact-image gain does not show on the 10,000 JPEG images,
+  and the repair takes 55% longer. On the held-out ResNet-56 the MAC budget holds the descent to 194 steps
+  per block; twice the budget (about 390 steps, the repair 822 s instead of 561 s) on the same open-loop
+  structure: repaired 88.50% / 78.64% (88.40% / 78.60%), after the recipe 87.41% / 82.19% (87.71% / 81.92%):
+  no gain."""
 
 
 def _fmt(t: dict | None, key: str = "exact") -> str:
