@@ -47,6 +47,10 @@ STAGE = "profiles"
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 REORDERS = ("ReorderInput", "ReorderOutput")
 _NCHWC_NAME = re.compile(r"^(?P<tensor>.*)_nchwc(?:_token_\d+)?$")
+# a node a fusion of onnxruntime rewrote is named after the node it replaces: ``<name>/<Kind>Fusion``,
+# sometimes with a trailing ``/`` (onnxruntime 1.32: a MatMul + Add on a 3-D input becomes the Gemm
+# ``/blocks.0/qkv/MatMul/MatMulAddFusion`` between two new Reshapes; ``.../MatMul/MatMulScaleFusion/``)
+_FUSION_NAME = re.compile(r"^(?P<name>.+)/[A-Za-z0-9]+Fusion/?$")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,11 @@ class BlockMap:
         """The block a node is by name or by the tensors it writes (None for glue)."""
         if name in self.by_name:
             return self.by_name[name]
+        base = name
+        while (f := _FUSION_NAME.match(base)) is not None:  # (fusions of fusions: peel each)
+            base = f.group("name")
+            if base in self.by_name:
+                return self.by_name[base]
         m = _NCHWC_NAME.match(name)
         if m and m.group("tensor") in self.by_tensor:
             return self.by_tensor[m.group("tensor")]
