@@ -53,7 +53,8 @@ RATIOS = (0.2, 0.4, 0.6)
 def model_paths(zoo: Path, names: list[str]) -> dict[str, tuple[str, dict]]:
     """``name -> (path, input shapes)``: CIFAR ResNets of any depth (``cifar_resnet<depth>``), torchvision
     models by name, ``<torchvision name>_opset9`` exported at opset 9, ``tx:<name>`` a
-    ``tools/zoo_transformers.py`` model exported with TorchScript (named ``<name>_torchscript``), or an ONNX
+    ``tools/zoo_transformers.py`` model exported with TorchScript (named ``<name>_torchscript``),
+    ``det:<name>`` a ``tools/zoo_detect.py`` detection / segmentation export, or an ONNX
     file (a name ending in ``.onnx``; named by its stem)."""
     from bench import zoo as z
 
@@ -68,7 +69,13 @@ def model_paths(zoo: Path, names: list[str]) -> dict[str, tuple[str, dict]]:
 
         path = zoo_transformers.export(name[3:], zoo, "torchscript")
         out[path.stem] = (str(path), {})
-    names = [n for n in names if not n.endswith(".onnx") and not n.startswith("tx:")]
+    for name in [n for n in names if n.startswith("det:")]:  # tools/zoo_detect.py's packages
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import zoo_detect
+
+        path = zoo_detect.export(name[4:], zoo)
+        out[path.stem] = (str(path), {})
+    names = [n for n in names if not n.endswith(".onnx") and not n.startswith(("tx:", "det:"))]
     for name in names:
         if name.startswith("cifar_resnet"):
             depth = int(name[len("cifar_resnet"):])
