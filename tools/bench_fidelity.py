@@ -63,19 +63,18 @@ def model_paths(zoo: Path, names: list[str]) -> dict[str, tuple[str, dict]]:
         if not Path(name).is_file():
             raise SystemExit(f"bench_fidelity: --models {name}: no such file")
         out[Path(name).stem] = (name, {})
-    for name in [n for n in names if n.startswith("tx:")]:  # needs timm / transformers
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import zoo_transformers
-
-        path = zoo_transformers.export(name[3:], zoo, "torchscript")
-        out[path.stem] = (str(path), {})
-    for name in [n for n in names if n.startswith("det:")]:  # tools/zoo_detect.py's packages
+    zoos = {"tx:": lambda n: zoo_transformers.export(n, zoo, "torchscript"),  # needs timm / transformers
+            "det:": lambda n: zoo_detect.export(n, zoo)}  # tools/zoo_detect.py's packages
+    if any(n.startswith(tuple(zoos)) for n in names):
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import zoo_detect
-
-        path = zoo_detect.export(name[4:], zoo)
-        out[path.stem] = (str(path), {})
-    names = [n for n in names if not n.endswith(".onnx") and not n.startswith(("tx:", "det:"))]
+        import zoo_transformers
+    for name in names:
+        prefix = next((p for p in zoos if name.startswith(p)), None)
+        if prefix is not None:
+            path = zoos[prefix](name[len(prefix):])
+            out[path.stem] = (str(path), {})
+    names = [n for n in names if not n.endswith(".onnx") and not n.startswith(tuple(zoos))]
     for name in names:
         if name.startswith("cifar_resnet"):
             depth = int(name[len("cifar_resnet"):])
