@@ -33,9 +33,11 @@ def main() -> int:
 
     work = Path(args.work)
     sets: dict[str, tuple[list[float], list[float]]] = {"tuning": ([], []), "held-out": ([], [])}
+    ratio_sets: dict[str, tuple[list[float], list[float]]] = {"tuning": ([], []), "held-out": ([], [])}
     for name in args.models.split(","):
         d = json.loads((work / f"{name}-fidelity.json").read_text())
         new, old = [], []
+        ratios: dict[str, tuple[float, float, float]] = {}  # variant -> (ms now, measured ratio, ratio in the run)
         for r in d["rows"]:
             if r.get("predicted_ms") is None or r.get("measured_ms") is None:
                 continue
@@ -46,16 +48,31 @@ def main() -> int:
             blocks = model_blocks(loaded, an)
             run = latency_model(loaded, an, "ort-cpu", measure=False, blocks=blocks,
                                 profile_path=work / f"{name}-ort-cpu.json")
-            new.append(abs(predict(blocks, run.model).total_ms - r["measured_ms"]) / r["measured_ms"])
+            pred = predict(blocks, run.model).total_ms
+            new.append(abs(pred - r["measured_ms"]) / r["measured_ms"])
             old.append(abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"])
-        s = sets["tuning" if name in TUNING else "held-out"]
+            ratios[v] = (pred, r["measured_ratio"], r.get("predicted_ratio") or 0.0)
+        which = "tuning" if name in TUNING else "held-out"
+        s = sets[which]
         s[0].extend(new)
         s[1].extend(old)
-        print(f"{name:22} median error now {100 * np.median(new):5.1f}%, in the run {100 * np.median(old):5.1f}%",
-              flush=True)
+        # the variants' ratios to dense, predicted against measured: the per-model level taken out
+        dense = ratios.get("dense", (0.0, 1.0, 1.0))[0]
+        rn = [abs(p / dense / m - 1) for v, (p, m, _) in ratios.items() if v != "dense" and dense]
+        ro = [abs(q / m - 1) for v, (_, m, q) in ratios.items() if v != "dense" and q]
+        ratio_sets[which][0].extend(rn)
+        ratio_sets[which][1].extend(ro)
+        print(f"{name:22} median error now {100 * np.median(new):5.1f}%, in the run {100 * np.median(old):5.1f}%; "
+              f"on the ratios now {100 * np.median(rn) if rn else float('nan'):5.1f}%, in the run "
+              f"{100 * np.median(ro) if ro else float('nan'):5.1f}%", flush=True)
     for k, (new, old) in sets.items():
         if new:
             print(f"{k}: {len(new)} points, now median {100 * np.median(new):.1f}% p90 "
+                  f"{100 * np.percentile(new, 90):.1f}%; in the run {100 * np.median(old):.1f}% / "
+                  f"{100 * np.percentile(old, 90):.1f}%")
+    for k, (new, old) in ratio_sets.items():
+        if new:
+            print(f"{k}, ratios to dense: {len(new)} variants, now median {100 * np.median(new):.1f}% p90 "
                   f"{100 * np.percentile(new, 90):.1f}%; in the run {100 * np.median(old):.1f}% / "
                   f"{100 * np.percentile(old, 90):.1f}%")
     return 0
