@@ -65,16 +65,12 @@ def main() -> int:
         print(f"{name:22} median error now {100 * np.median(new):5.1f}%, in the run {100 * np.median(old):5.1f}%; "
               f"on the ratios now {100 * np.median(rn) if rn else float('nan'):5.1f}%, in the run "
               f"{100 * np.median(ro) if ro else float('nan'):5.1f}%", flush=True)
-    for k, (new, old) in sets.items():
-        if new:
-            print(f"{k}: {len(new)} points, now median {100 * np.median(new):.1f}% p90 "
-                  f"{100 * np.percentile(new, 90):.1f}%; in the run {100 * np.median(old):.1f}% / "
-                  f"{100 * np.percentile(old, 90):.1f}%")
-    for k, (new, old) in ratio_sets.items():
-        if new:
-            print(f"{k}, ratios to dense: {len(new)} variants, now median {100 * np.median(new):.1f}% p90 "
-                  f"{100 * np.percentile(new, 90):.1f}%; in the run {100 * np.median(old):.1f}% / "
-                  f"{100 * np.percentile(old, 90):.1f}%")
+    for suffix, what, groups in (("", "points", sets), (", ratios to dense", "variants", ratio_sets)):
+        for k, (new, old) in groups.items():
+            if new:
+                print(f"{k}{suffix}: {len(new)} {what}, now median {100 * np.median(new):.1f}% p90 "
+                      f"{100 * np.percentile(new, 90):.1f}%; in the run {100 * np.median(old):.1f}% / "
+                      f"{100 * np.percentile(old, 90):.1f}%")
     return 0
 
 
