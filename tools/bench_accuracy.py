@@ -357,12 +357,12 @@ dense 91.6%; the recipe as above on 9,000 of the same 10,000 images; measured wh
   Trainer with its defaults, 70 steps of 128 from 9,000 of the same 10,000 images (another 9,000 than
   the CLI's), the re-inserted BNs calibrated on 1,024 of them as the CLI does (top-1 after, exact / JPEG):
   - the plain recipe with three data orders: 85.55% / 79.10%, 84.56% / 78.70%, 85.05% / 79.04%. A spread of
-    about 1 point exact, so every other figure here is within it;
+    about 1 point exact; nothing below rises above it;
   - the re-inserted BatchNorms held at their calibration statistics (eval mode while training) 83.48% /
     78.11%;
   - an exponential moving average of the weights (decay 0.9) 85.64% / 79.13%;
-  - a second distillation term on mixed images (mixup, alpha 1; weight 1 / 3): 85.05% / 78.93%, 84.17% /
-    77.69%;
+  - a second distillation term on mixed images (mixup, alpha 1; weight 1 / 3; the 2026-12-03 mixup
+    and noise runs above changed the recipe's own inputs instead): 85.05% / 78.93%, 84.17% / 77.69%;
   - the same on images with Gaussian noise (std 0.1 / 0.2 / 0.3 of the normalised input): 84.96% / 78.52%,
     82.79% / 77.20%, 76.79% / 72.01%;
   - the same on sharpened images (unsharp mask, amount drawn up to 1 / 2): 84.76% / 78.87%, 84.96% / 78.65%;
@@ -376,18 +376,19 @@ dense 91.6%; the recipe as above on 9,000 of the same 10,000 images; measured wh
   Before any training, transforms of the JPEG images towards exact pixels were checked with the dense
   ResNet-56 on the JPEG copies of the 1,017 test images (82.89%; exact 92.72%): pushing each image away
   from its own re-encoding (x + a(x - JPEG(x)), quality 75 / 50, a = 0.5 / 1) 82.89%, 82.79%, 80.43%,
-  70.50%; an unsharp mask (radius 0.5 / 1, 50-200%) 74.24%-81.91%. None moves the images closer to exact pixels (mean
-  absolute error 5.79/255 or more, the JPEG copies 5.80/255), so none was trained on.
+  70.50%; an unsharp mask (radius 0.5 / 1, 50-200%) 74.24%-81.91%. None moves the images closer to
+  exact pixels (mean absolute error 5.79/255 or more, the JPEG copies 5.80/255), so none was trained on.
 
-  On the held-out ResNet-56 (the same script), a fresh compile at 0.5 (0.496 of dense by its closed loop; raw 21.04%, repaired
-  88.79% / 78.76%) and the dense model, each through the same scripted recipe with three data orders:
+  On the held-out ResNet-56 (the same script), a fresh compile at 0.5 (0.496 of dense by its closed
+  loop; raw 21.04%, repaired 88.79% / 78.76%) and the dense model, each through the same scripted recipe
+  with three data orders:
   pruned 88.40% / 82.16%, 87.41% / 81.80%, 88.00% / 82.05%; dense 92.82% / 85.00%, 93.02% / 85.09%, 92.92% /
   85.07%. The gap is 4.98 points exact (4.42-5.61 order by order) and 3.05 on the JPEG images: the table
-  above, at 5.11, shows a typical draw, not an unlucky one. The repaired start (before the recipe) agrees with
-  the dense model on 91.05% of the exact images (KL 0.336) and on 84.37% of their JPEG copies (KL 0.552):
-  the repair, fitted on JPEG images, is no worse on exact pixels, so the exact-image gap is not a repair
-  fitted to JPEG artefacts. It looks like capacity the pruned network lacks, which 70 steps on JPEG images do
-  not bring it back.
+  above, at 5.11, shows a typical draw, not an unlucky one. The repaired start (before the recipe)
+  agrees with the dense model on 91.05% of the exact images (KL 0.336) and on 84.37% of their JPEG copies
+  (KL 0.552): the repair, fitted on JPEG images, is no worse on exact pixels, so the exact-image gap is
+  not a repair fitted to JPEG artefacts. It looks like capacity the pruned network lacks, and 70 steps on
+  JPEG images do not bring it back.
 
   Where the 2-point line sits on the same held-out model (fresh compiles, the same scripted recipe, three
   data orders each; the dense reference 92.92% / 85.05%, the mean of its three):
