@@ -208,6 +208,20 @@ def test_channel_pad_couples_with_residual():
     assert pads and all(n.input[1] for n in pads)
 
 
+def test_channel_pad_with_one_empty_side():
+    """A pruned option-A shortcut can pad on one side only (zero channels before, some after): the
+    empty side carries no channel and must not break the analysis (a pruned CIFAR ResNet re-read)."""
+    b = GraphBuilder()
+    x = b.input("x", [1, 3, 8, 8])
+    a = conv_relu(b, x, 3, 8)
+    p = b.op("Pad", [a, b.const(np.array([0, 0, 0, 0, 0, 4, 0, 0], np.int64))], mode="constant")
+    y = b.op("Relu", [b.op("Add", [b.conv(a, 8, 12), p])])
+    out = conv_relu(b, y, 12, 5)
+    _, analysis, _ = prune_and_check(finish(b, out, 5))
+    trunk = group_of(analysis, y)
+    assert trunk.size == 12 and len(trunk.producers) == 2  # both convolutions; the padded tail is no producer
+
+
 def test_gather_channel_indices():
     b = GraphBuilder()
     x = b.input("x", [1, 3, 8, 8])

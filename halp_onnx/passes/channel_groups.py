@@ -341,8 +341,8 @@ def _finalize(ctx: AnalysisContext) -> ChannelAnalysis:
                 groups_of_node.setdefault(node.name, set()).add(g)
     producers: list[list[str]] = [[] for _ in root_sources]
     for sid, (node_name, _, padding) in enumerate(ctx.sources):
-        g = group_of_root[source_group_root[sid]]
-        if not padding and node_name not in producers[g]:
+        g = group_of_root.get(source_group_root[sid], -1)  # -1: no channel (a zero-width pad side)
+        if g >= 0 and not padding and node_name not in producers[g]:
             producers[g].append(node_name)
     consumers: list[list[str]] = [[] for _ in root_sources]
     for node_name, _, tensor in ctx.consumer_specs:
