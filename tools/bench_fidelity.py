@@ -316,7 +316,10 @@ METHOD = """## How the tables are made
 * **Fitted** (`halp_onnx/profiles/fit.py`): per signature and layout class (`nchwc`: both widths padded
   to the block; `direct`: an NCHW input narrower than the block; `nchw`: the im2col + GEMM path), a
   linear model in `1, c_in, c_out, c_in*c_out` of the padded widths (`1, c` where both widths move
-  together: depthwise, grouped, memory-bound), least squares on relative error. Which widths take which
+  together: depthwise, grouped, memory-bound), least squares on relative error; at a cell of padded
+  widths that was measured (the dense widths, the knapsack's steps) the line's miss is kept as a factor,
+  shrunk toward the line as n / (n + 1) for the cell's n points (not for a batch-1 GEMM, priced at the
+  mean of its two modes). Which widths take which
   path is probed from onnxruntime's optimiser (here: block 16, an input width that is a multiple of 4
   is padded, anything else falls back to NCHW), so a width one below the dense one is priced on the
   slow path. A memory-bound op's classes split where its neighbours change layout, the channel multiple

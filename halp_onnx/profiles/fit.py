@@ -10,7 +10,9 @@ input width that is a multiple of 4 and pads it; older releases needed a multipl
 
 A fitted table is, per layout class, a small linear model in the padded widths
 (``1, c_in, c_out, c_in * c_out`` for a GEMM-like block; ``1, c`` where both widths move together),
-fitted by least squares on relative error to the measured points. Whether the staircase is really
+fitted by least squares on relative error to the measured points, and at the cells of padded widths
+that were measured (the dense widths, the knapsack's steps) the line's miss there, shrunk toward the
+line by the cell's number of points (:func:`_cells`). Whether the staircase is really
 there is decided by the data too: the model on widths padded to the block is kept only where it fits
 the measurements better than the one on raw widths (``quant``).
 """
@@ -34,7 +36,11 @@ MIN_MS = 1e-4
 NOISE_MS = 2e-3
 # the version of the fitting below a table's ``fit`` records: a fit an earlier version made (a stored
 # profile) is fitted again from its points when read (:func:`refit_stale`)
-FIT_VERSION = 7
+FIT_VERSION = 8
+# a class's line runs through every width it was measured at; at a cell of padded widths that was measured
+# (the dense widths, the knapsack's steps: the widths a compiled model runs at) the line's miss is kept
+# too, shrunk toward the line as n / (n + CELL_PRIOR) for the cell's n points (one point: half its miss)
+CELL_PRIOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -237,6 +243,31 @@ def _fit_class(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: in
     return coef.tolist(), err
 
 
+def _cell_key(f: np.ndarray) -> str:
+    """A cell's name: its (padded) widths, the regressors after the constant and before any product."""
+    return ",".join(f"{v:g}" for v in f[1:3])
+
+
+def _cells(kind: str, cls: str, pts: list[tuple[int, int, float]], quant: int, coef: list[float]
+           ) -> dict[str, float]:
+    """Per measured cell of regressors (padded widths): the factor from the fitted line to the cell's
+    points (median log ratio, shrunk by :data:`CELL_PRIOR`, kept in [0.5, 2]); points and fits below
+    NOISE_MS (a few microseconds of a glue op) say nothing about a ratio and are left out."""
+    c = np.asarray(coef)
+    logs: dict[str, list[float]] = {}
+    for ci, co, t in pts:
+        f = features(kind, cls, ci, co, quant)
+        line = float(f @ c)
+        if t >= NOISE_MS and line >= NOISE_MS:
+            logs.setdefault(_cell_key(f), []).append(math.log(t / line))
+    out = {}
+    for key, vals in logs.items():
+        r = float(np.median(vals)) * len(vals) / (len(vals) + CELL_PRIOR)
+        if abs(r) > 0.005:
+            out[key] = round(math.exp(float(np.clip(r, -math.log(2), math.log(2)))), 5)
+    return out
+
+
 def fit_points(sig: BlockSignature, points: Mapping[tuple[int, int], float], rule: LayoutRule) -> dict[str, Any]:
     """The fitted model of one signature from measured ``(c_in, c_out) -> ms`` points."""
     kind = kind_of(sig)
@@ -271,6 +302,10 @@ def _fit_split(kind: str, rule: LayoutRule, cpg: int, points: Mapping[tuple[int,
         for cls, pts in by_cls.items():
             coef, err = _fit_class(kind, cls, pts, q)
             classes[cls] = {"coef": coef, "rms": err, "n": len(pts)}
+            # no cells for a GEMM: its points' two modes are priced at their mean (above)
+            cells = _cells(kind, cls, pts, q, coef) if kind != "gemm" else {}
+            if cells:
+                classes[cls]["cells"] = cells
             errs += err * err * len(pts)
             n += len(pts)
         rms[q] = math.sqrt(errs / max(n, 1))
@@ -325,9 +360,12 @@ def evaluate(fit: Mapping[str, Any], ci: int, co: int) -> float:
     # the unpadded borrowing priced them at 12 us and the knapsack squeezed them there)
     q = int(fit.get("quant", 1))
     coef = np.asarray(classes[cls_use]["coef"])
-    ms = float(features(kind, cls, ci, co, q) @ coef)
+    f = features(kind, cls, ci, co, q)
+    ms = float(f @ coef)
     if cls_use != cls:
         ms = max(ms, float(features(kind, cls_use, ci, co, q) @ coef))
+    elif ms >= NOISE_MS:
+        ms *= float(classes[cls].get("cells", {}).get(_cell_key(f), 1.0))  # a measured cell's own miss
     return max(ms, MIN_MS)
 
 
