@@ -302,10 +302,6 @@ def _fit_split(kind: str, rule: LayoutRule, cpg: int, points: Mapping[tuple[int,
         for cls, pts in by_cls.items():
             coef, err = _fit_class(kind, cls, pts, q)
             classes[cls] = {"coef": coef, "rms": err, "n": len(pts)}
-            # no cells for a GEMM: its points' two modes are priced at their mean (above)
-            cells = _cells(kind, cls, pts, q, coef) if kind != "gemm" else {}
-            if cells:
-                classes[cls]["cells"] = cells
             errs += err * err * len(pts)
             n += len(pts)
         rms[q] = math.sqrt(errs / max(n, 1))
@@ -314,6 +310,11 @@ def _fit_split(kind: str, rule: LayoutRule, cpg: int, points: Mapping[tuple[int,
     # these measurements at least as well as one on raw widths
     q = max(fits)
     best = dict(fits[q])
+    if kind != "gemm":  # no cells for a GEMM: its points' two modes are priced at their mean (_fit_class)
+        for cls, pts in by_cls.items():  # cells for the fit that is kept only
+            cells = _cells(kind, cls, pts, q, best["classes"][cls]["coef"])
+            if cells:
+                best["classes"][cls]["cells"] = cells
     best["rms_raw"] = rms[1]
     best["staircase_seen"] = bool(rule.block > 1 and rms[q] <= rms[1] * 1.02)
     best["version"] = FIT_VERSION
