@@ -159,3 +159,33 @@ def test_taylor_calibration_from_npz(tmp_path):
     res = halp_onnx.compile(model, target="trt-t4", latency=0.9, calib=str(calib), calib_batch=shape[0])
     assert res.importance.method == "taylor" and res.importance.loss == "cross-entropy"
     assert res.predicted_ms <= res.budget_ms * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("step,size,align,expected", [
+    (5, 40, 4, 4),  # a 40-channel group cut in eighths: 30 would run its convolutions on the NCHW path
+    (3, 24, 4, 4), (9, 72, 4, 8), (15, 120, 4, 16), (16, 64, 4, 16),  # already a multiple: kept
+    (5, 40, 1, 5),  # no blocked layout on the target: as it was
+    (3, 6, 4, 3),  # no aligned width below the dense one
+    (10, 600, 4, 12),  # 8 would give 75 widths, over the 64 allowed
+])
+def test_aligned_step(step, size, align, expected):
+    from halp_onnx.passes.latency_cost import aligned_step
+
+    assert aligned_step(step, size, align, 64) == expected
+
+
+def test_widths_stay_on_the_blocked_kernels_where_the_profile_says_which():
+    from halp_onnx.profiles.store import Profile
+
+    loaded, an = inspect(example("mobilenet"))
+    blocks = model_blocks(loaded, an)
+    prof = Profile("t", "ort-cpu", "fp32", 1, 1, False, {}, layout={"block": 16, "in_multiple": 4,
+                                                                       "depthwise_multiple": 4})
+    lm = LatencyModel(get_target("ort-cpu"), prof)
+    assert lm.align == 4 and LatencyModel(get_target("ort-cpu"), None).align == 1
+    loose = build_cost_model(an, blocks, lambda sig: 1, min_keep=0.0, monotone=False)
+    cm = build_cost_model(an, blocks, lambda sig: 1, min_keep=0.0, monotone=False, align=lm.align)
+    assert any(w % 4 for ch in loose.choices.values() for w in ch.widths[:-1])  # the test can fail
+    for ch in cm.choices.values():
+        assert all(w % 4 == 0 for w in ch.widths[:-1]) or ch.size < 8, (ch.group, ch.widths)
+        assert ch.widths[-1] == ch.size

@@ -96,7 +96,7 @@ def _budget(cfg: PipelineConfig, r: Results) -> BudgetPlan:
     held.update({g: why for g, why in excluded_groups(analysis, cfg.exclude).items() if g not in held})
     cm = build_cost_model(analysis, tl.blocks, lm.step, min_keep=cfg.min_keep, allow_removal=cfg.allow_removal,
                           frozen=held, round_to=cfg.round_to, block_ms=block_ms,
-                          sources=block_sources(loaded.model.graph, tl.blocks))
+                          sources=block_sources(loaded.model.graph, tl.blocks), align=lm.align)
     if not cm.choices:
         raise HalpError(f"{loaded.source}: every prunable group is held dense ({'; '.join(held.values())})",
                         stage="compile")

@@ -178,6 +178,16 @@ class LatencyModel:
         table = self.profile.tables.get(key) if key is not None else None
         return table.step if table is not None else 1
 
+    @property
+    def align(self) -> int:
+        """The channel multiple that keeps a width on the runtime's blocked kernels (the profile's probed
+        :class:`~halp_onnx.profiles.fit.LayoutRule`: a dense convolution's input, a depthwise one's
+        width); 1 where the runtime has no such layout or nothing probed it."""
+        rule = self.profile.layout if self.profile is not None else None
+        if not rule or int(rule.get("block", 1)) <= 1:
+            return 1
+        return max(int(rule.get("in_multiple", 1)), int(rule.get("depthwise_multiple", 1)))
+
 
 def grouped_alias(sig: BlockSignature, c_in: int) -> BlockSignature | None:
     """The grouped signature a dense convolution of ``c_in`` inputs is at one group: a grouped conv
