@@ -163,7 +163,8 @@ def test_taylor_calibration_from_npz(tmp_path):
 
 @pytest.mark.parametrize("step,size,align,expected", [
     (5, 40, 4, 4),  # a 40-channel group cut in eighths: 30 would run its convolutions on the NCHW path
-    (3, 24, 4, 4), (9, 72, 4, 8), (15, 120, 4, 16), (16, 64, 4, 16),  # already a multiple: kept
+    (3, 24, 4, 4), (9, 72, 4, 8), (15, 120, 4, 16),  # the nearest multiple of 4
+    (16, 64, 4, 16),  # already a multiple: kept
     (5, 40, 1, 5),  # no blocked layout on the target: as it was
     (3, 6, 4, 3),  # no aligned width below the dense one
     (10, 600, 4, 12),  # 8 would give 75 widths, over the 64 allowed
