@@ -222,10 +222,8 @@ def aligned_step(step: int, size: int, align: int, max_choices: int = 64) -> int
     widths does not see its neighbours' layout."""
     if align <= 1 or step % align == 0 or size < 2 * align:
         return step
-    out = max(align, int(step / align + 0.5) * align)
-    while math.ceil(size / out) > max_choices:
-        out += align
-    return out
+    nearest = max(align, int(step / align + 0.5) * align)
+    return max(nearest, align * math.ceil(math.ceil(size / max_choices) / align))
 
 
 def pin_removal(cm: CostModel, groups) -> CostModel:

@@ -59,6 +59,12 @@ class LayoutRule:
         d = d or {}
         return cls(int(d.get("block", 1)), int(d.get("in_multiple", 1)), int(d.get("depthwise_multiple", 1)))
 
+    @property
+    def width_multiple(self) -> int:
+        """The channel multiple that keeps a width on the blocked kernels (a dense convolution's input, a
+        depthwise one's width); 1 where there are none."""
+        return max(self.in_multiple, self.depthwise_multiple) if self.block > 1 else 1
+
 
 def _converted(ci: int, co: int, group: int) -> bool:
     import onnx

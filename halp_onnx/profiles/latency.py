@@ -180,13 +180,12 @@ class LatencyModel:
 
     @property
     def align(self) -> int:
-        """The channel multiple that keeps a width on the runtime's blocked kernels (the profile's probed
-        :class:`~halp_onnx.profiles.fit.LayoutRule`: a dense convolution's input, a depthwise one's
-        width); 1 where the runtime has no such layout or nothing probed it."""
-        rule = self.profile.layout if self.profile is not None else None
-        if not rule or int(rule.get("block", 1)) <= 1:
-            return 1
-        return max(int(rule.get("in_multiple", 1)), int(rule.get("depthwise_multiple", 1)))
+        """The channel multiple that keeps a width on the runtime's blocked kernels
+        (:attr:`~halp_onnx.profiles.fit.LayoutRule.width_multiple` of the profile's probed rule); 1 where
+        the runtime has no such layout or nothing probed it."""
+        from .fit import LayoutRule
+
+        return LayoutRule.from_dict(self.profile.layout if self.profile is not None else None).width_multiple
 
 
 def grouped_alias(sig: BlockSignature, c_in: int) -> BlockSignature | None:
